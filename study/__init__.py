@@ -1,0 +1,1 @@
+"""CSG study harness: Associative Convolutional Layers against other compression methods."""

@@ -1,0 +1,276 @@
+"""The Convolutional Slice Generator (CSG) and the convolutions it writes.
+
+One bias-free linear map, shared by a whole network, turns a `code_dim`-vector into one slice of
+`slice * slice * k * k` kernel values.  A converted layer stores only its codes (one per slice);
+its kernel is assembled from the generated slices on the fly.
+
+Speed matters because kernels are regenerated every training step, so the generator builds the
+kernels of *all* its layers in one matrix product and caches them:
+  * with autograd on, the cache lives for one forward pass (a layer that asks twice starts a
+    new pass), because the graph behind it is freed by `backward`;
+  * with autograd off (evaluation), it lives until a code or the generator's weight changes,
+    which PyTorch records in each tensor's `_version` (bumped by optimiser steps and by
+    `load_state_dict`), so an evaluation pass generates each kernel once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LAYOUTS = ("contiguous", "block")
+GENERATORS = ("learned", "binary")
+INITS = ("kaiming", "linear")
+
+
+@dataclass(frozen=True)
+class CSGSpec:
+    """Everything that defines a CSG conversion; no module-level constants anywhere."""
+
+    slice: int = 16
+    code_dim: int = 72
+    kernel_size: int = 3
+    layout: str = "contiguous"
+    generator: str = "learned"
+    # 'kaiming' with codes N(0.001, 1) is the authors' CIFAR-ResNet recipe; 'linear' with codes
+    # N(0, 1) is what their other models use (PyTorch's default Linear init).
+    init: str = "kaiming"
+    code_mean: float = 0.001
+    seed: int = 0  # seeds the frozen random-binary generator so it never needs storing
+
+    def __post_init__(self):
+        for name in ("slice", "code_dim", "kernel_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def n_slices(in_channels: int, out_channels: int, slice_size: int) -> int:
+    return math.ceil(in_channels / slice_size) * math.ceil(out_channels / slice_size)
+
+
+def assemble(slices: torch.Tensor, out_channels: int, in_channels: int, slice_size: int,
+             kernel_size: int, layout: str) -> torch.Tensor:
+    """Turn `[n_slices, S*S*k*k]` generated values into a cropped `[C_out, C_in, k, k]` kernel.
+
+    contiguous: the authors' reading; the rows are one flat row-major buffer viewed as the padded
+        kernel, so one slice is S*S*k*k consecutive values of it.
+    block: the paper's reading; slice (i, j) is the S x S tile of output block i, input block j.
+    """
+    S, k = slice_size, kernel_size
+    n_out, n_in = math.ceil(out_channels / S), math.ceil(in_channels / S)
+    if layout == "contiguous":
+        kernel = slices.reshape(n_out * S, n_in * S, k, k)
+    elif layout == "block":
+        kernel = slices.reshape(n_out, n_in, S, S, k, k).permute(0, 2, 1, 3, 4, 5)
+        kernel = kernel.reshape(n_out * S, n_in * S, k, k)
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    return kernel[:out_channels, :in_channels]
+
+
+class SliceGenerator(nn.Module):
+    """The shared generator: `weight` is `[S*S*k*k, code_dim]`, as in the authors' `nn.Linear`.
+
+    A random-binary generator keeps its ±0.5 weight in a non-persistent buffer: it is rebuilt from
+    `spec.seed`, never trained and never written to a checkpoint.
+    """
+
+    def __init__(self, spec: CSGSpec):
+        super().__init__()
+        self.spec = spec
+        out_features = spec.slice * spec.slice * spec.kernel_size * spec.kernel_size
+        weight = torch.empty(out_features, spec.code_dim)
+        if spec.generator == "binary":
+            # the sign of a seeded Kaiming-normal draw, scaled to +-0.5 (the authors' recipe)
+            g = torch.Generator().manual_seed(spec.seed)
+            draw = torch.randn(out_features, spec.code_dim, generator=g)
+            self.weight = nn.Parameter(torch.where(draw >= 0, 0.5, -0.5), requires_grad=False)
+            self.weight.regenerable = True  # accounting: frozen, and not part of `stored`
+        else:
+            if spec.init == "kaiming":
+                nn.init.kaiming_normal_(weight)  # fan-in = code_dim
+            else:
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's default
+            self.weight = nn.Parameter(weight)
+        self._layers: list[GeneratedConv2d] = []
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cache_key = None
+        self._served: set[int] = set()
+
+    # -- registration -------------------------------------------------------------------------
+    def attach(self, layer: "GeneratedConv2d") -> None:
+        layer.generator_index = len(self._layers)
+        self._layers.append(layer)
+        self.invalidate()
+
+    @property
+    def layers(self) -> list["GeneratedConv2d"]:
+        return list(self._layers)
+
+    def invalidate(self) -> None:
+        self._cache, self._cache_key, self._served = {}, None, set()
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate_all(self) -> list[torch.Tensor]:
+        """Every attached layer's kernel from a single matrix product."""
+        layers = self._layers
+        codes = torch.cat([layer.code for layer in layers]) if len(layers) > 1 else layers[0].code
+        flat = F.linear(codes, self.weight)
+        kernels, start = [], 0
+        for layer in layers:
+            stop = start + layer.code.shape[0]
+            kernels.append(layer.assemble(flat[start:stop]))
+            start = stop
+        return kernels
+
+    def _key(self):
+        dtype = torch.get_autocast_dtype(self.weight.device.type) if torch.is_autocast_enabled(
+            self.weight.device.type) else None
+        return (self.weight._version, self.weight.device, torch.is_grad_enabled(), dtype,
+                tuple((id(layer.code), layer.code._version) for layer in self._layers))
+
+    def kernel_for(self, layer: "GeneratedConv2d") -> torch.Tensor:
+        key = self._key()
+        i = layer.generator_index
+        stale = key != self._cache_key or i not in self._cache
+        if not stale and torch.is_grad_enabled() and i in self._served:
+            stale = True  # a new forward pass: the old graph may already be freed
+        if stale:
+            self._cache = dict(enumerate(self.generate_all()))
+            self._cache_key, self._served = key, set()
+        self._served.add(i)
+        return self._cache[i]
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (f"slice={s.slice}x{s.slice}x{s.kernel_size}x{s.kernel_size}, code_dim={s.code_dim}, "
+                f"layout={s.layout}, generator={s.generator}, layers={len(self._layers)}")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.spec.generator == "binary":
+            destination.pop(prefix + "weight", None)  # rebuilt from the seed, so never saved
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.spec.generator == "binary":  # keep the seeded weight; checkpoints need not carry it
+            state_dict[prefix + "weight"] = self.weight.detach()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __getstate__(self):  # caches hold graph tensors; never pickle or deepcopy them
+        state = self.__dict__.copy()
+        state.update(_cache={}, _cache_key=None, _served=set())
+        return state
+
+
+class GeneratedConv2d(nn.Module):
+    """A convolution whose kernel is written by a shared `SliceGenerator` from this layer's codes."""
+
+    def __init__(self, in_channels: int, out_channels: int, generator: SliceGenerator, *,
+                 stride=1, padding=0, dilation=1, bias: bool = False, code_mean: float | None = None):
+        super().__init__()
+        spec = generator.spec
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (spec.kernel_size, spec.kernel_size)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.code = nn.Parameter(torch.empty(n_slices(in_channels, out_channels, spec.slice), spec.code_dim))
+        nn.init.normal_(self.code, mean=spec.code_mean if code_mean is None else code_mean, std=1.0)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        # Held outside the module tree: the generator is registered once, at the network's root,
+        # so it is counted and saved once however many layers share it.
+        object.__setattr__(self, "generator", generator)
+        generator.attach(self)
+
+    def assemble(self, slices: torch.Tensor) -> torch.Tensor:
+        spec = self.generator.spec
+        kernel = assemble(slices, self.out_channels, self.in_channels, spec.slice, spec.kernel_size, spec.layout)
+        # The crop leaves a strided view; hand the convolution a dense kernel in its own layout.
+        return kernel.contiguous()
+
+    def kernel(self) -> torch.Tensor:
+        return self.generator.kernel_for(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel(), self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, slices={self.code.shape[0]}")
+
+
+# -- conversion -------------------------------------------------------------------------------
+Policy = Callable[[str, nn.Conv2d], bool]
+
+
+def all_eligible(first_conv: str) -> Policy:
+    """Every non-depthwise, ungrouped conv except the network's first one (named `first_conv`)."""
+    return lambda name, conv: name != first_conv and conv.groups == 1
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def convert(model: nn.Module, spec: CSGSpec, policy: Policy, generator_name: str = "csg") -> nn.Module:
+    """Replace the convs that `policy` selects (and whose kernel size matches the generator's) by
+    generated convs sharing one generator, registered on `model` as `generator_name`.
+
+    Works in place and returns `model`.  Convs are visited in module order, which fixes the order
+    of their codes inside the generator's batched product.
+    """
+    generator = SliceGenerator(spec)
+    chosen = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, nn.Conv2d) and m.kernel_size == (spec.kernel_size,) * 2 and policy(name, m)]
+    if not chosen:
+        raise ValueError("the conversion policy selected no convolution of kernel size "
+                         f"{spec.kernel_size}; nothing to generate")
+    for name, conv in chosen:
+        if conv.groups != 1:
+            raise ValueError(f"{name}: grouped/depthwise convs cannot be generated")
+        new = GeneratedConv2d(conv.in_channels, conv.out_channels, generator, stride=conv.stride,
+                              padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None)
+        _set_submodule(model, name, new)
+    model.add_module(generator_name, generator)
+    return model
+
+
+def generators(model: nn.Module) -> list[SliceGenerator]:
+    return [m for m in model.modules() if isinstance(m, SliceGenerator)]
+
+
+def generated_convs(model: nn.Module) -> Iterable[tuple[str, GeneratedConv2d]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, GeneratedConv2d))
+
+
+@torch.no_grad()
+def materialize(model: nn.Module) -> nn.Module:
+    """An ordinary-conv copy of a CSG network with identical outputs: for inference and export."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for name, layer in list(generated_convs(plain)):
+        conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                         padding=layer.padding, dilation=layer.dilation, bias=layer.bias is not None)
+        conv = conv.to(device=layer.code.device, dtype=layer.code.dtype)
+        conv.weight.copy_(layer.kernel())
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias)
+        _set_submodule(plain, name, conv)
+    for name, m in list(plain.named_modules()):
+        if isinstance(m, SliceGenerator):
+            parent, _, leaf = name.rpartition(".")
+            delattr(plain.get_submodule(parent) if parent else plain, leaf)
+    return plain

@@ -1,0 +1,140 @@
+"""One interface over every way of building a (compressed) network: plain, CSG and the baselines.
+
+A `Method` turns an architecture plus its own arguments into a model, may reshape the model during
+training (pruning schedules, decomposition), and can search its own knob so that a parameter count
+lands on a target.  The baselines in `baselines/` implement the same interface and register here.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch.nn as nn
+
+from study import accounting
+from study.csg import CSGSpec, all_eligible, convert
+from study.models import ArchSpec, get_arch
+
+
+class BudgetError(ValueError):
+    """A parameter target the method cannot reach; raised before any training."""
+
+
+class Method:
+    name: ClassVar[str]
+    knob: ClassVar[str | None] = None     # the argument `search` tunes (sparsity, rank, width, ...)
+    count: ClassVar[str] = "total"        # which accounting count a budget is matched on
+    tolerance: ClassVar[float] = 0.01     # relative tolerance of a matched budget
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    # -- construction --------------------------------------------------------------------------
+    def args(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in, unknown keys refused."""
+        unknown = set(given) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"method {self.name!r} does not take {sorted(unknown)}; "
+                             f"allowed: {sorted(self.defaults) or 'none'}")
+        return {**self.defaults, **given}
+
+    def build(self, arch: ArchSpec, args: dict[str, Any], seed: int = 0) -> nn.Module:
+        raise NotImplementedError
+
+    # -- during training (defaults: nothing changes) -------------------------------------------
+    def on_epoch_start(self, model: nn.Module, args: dict, epoch: int, epochs: int) -> nn.Module:
+        """Called before each epoch; may return a different model (the trainer rebuilds its optimiser)."""
+        return model
+
+    def structure(self, model: nn.Module) -> dict:
+        """JSON-able description of any structural change made during training, for checkpoints."""
+        return {}
+
+    def restore(self, model: nn.Module, args: dict, structure: dict) -> nn.Module:
+        """Re-apply `structure` to a freshly built model so that a checkpoint's state dict loads."""
+        return model
+
+    # -- budgets -------------------------------------------------------------------------------
+    def counted(self, model: nn.Module, arch: ArchSpec, args: dict) -> int:
+        """The count this method's budget is matched on, for the model it will end training with."""
+        return accounting.count_parameters(model)[self.count]
+
+    def search(self, arch: ArchSpec, args: dict, target: int) -> dict:
+        """Return `args` with the knob set so that `counted` lands within tolerance of `target`."""
+        raise BudgetError(f"method {self.name!r} has no knob to match a parameter target")
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: one shared instance per method (methods hold no state)."""
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    _load_baselines()
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())}") from None
+
+
+def method_names() -> list[str]:
+    _load_baselines()
+    return list(METHODS)
+
+
+def _load_baselines():
+    import baselines  # noqa: F401  (registers the baseline methods on import)
+
+
+@register
+class Plain(Method):
+    name = "none"
+
+    def build(self, arch, args, seed=0):
+        return arch.build(num_classes=arch.num_classes)
+
+
+@register
+class CSG(Method):
+    name = "csg"
+    knob = "code_dim"
+    count = "stored"  # a random-binary generator is regenerated from its seed, never stored
+    defaults = {"slice": 16, "code_dim": 72, "layout": "contiguous", "generator": "learned", "policy": "authors"}
+
+    def spec(self, arch: ArchSpec, args: dict, seed: int = 0) -> CSGSpec:
+        return CSGSpec(slice=int(args["slice"]), code_dim=int(args["code_dim"]), kernel_size=arch.csg_kernel_size,
+                       layout=args["layout"], generator=args["generator"], init=arch.csg_init,
+                       code_mean=arch.code_mean, seed=seed)
+
+    def args(self, given):
+        args = super().args(given)
+        if args["policy"] not in ("authors", "all"):
+            raise ValueError(f"policy must be 'authors' or 'all', got {args['policy']!r}")
+        return args
+
+    def build(self, arch, args, seed=0):
+        model = arch.build(num_classes=arch.num_classes)
+        policy = arch.authors_policy if args["policy"] == "authors" else all_eligible(arch.first_conv)
+        return convert(model, self.spec(arch, args, seed), policy)
+
+    def search(self, arch, args, target):
+        # The count grows linearly in code_dim, so two probes give it exactly; round to the nearest.
+        def count(d):
+            return self.counted(self.build(arch, {**args, "code_dim": d}), arch, args)
+        c1, c2 = count(1), count(2)
+        d = max(1, round(1 + (target - c1) / (c2 - c1)))
+        if abs(count(d) - target) > self.tolerance * target:
+            raise BudgetError(f"csg: target {target} is not reachable within {self.tolerance:.0%}; "
+                              f"smallest reachable count is {c1} (code_dim=1)")
+        return {**args, "code_dim": d}
+
+
+def build(arch_name: str, method_name: str = "none", args: dict | None = None, seed: int = 0,
+          target_params: int | None = None) -> tuple[nn.Module, dict]:
+    """Build a model; with `target_params` the method's knob is searched first.  Returns (model, args)."""
+    arch, method = get_arch(arch_name), get_method(method_name)
+    args = method.args(dict(args or {}))
+    if target_params is not None:
+        args = method.search(arch, args, int(target_params))
+    return method.build(arch, args, seed=seed), args

@@ -1,0 +1,1 @@
+"""Registers the architectures beyond the CIFAR ResNets (filled in by their own files)."""
