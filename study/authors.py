@@ -1,0 +1,93 @@
+"""Import the authors' released checkpoints into our models and check the accuracy they store.
+
+Their files are `{'net': state_dict, 'acc': float, 'epoch': int}` with DataParallel's `module.`
+prefix, the generator named `CLG` (older) or `CSG` (newer) and repeated once per block that holds a
+reference to it, codes named after the block (`code`, `code2`) rather than after the conv, and
+sometimes fp16 storage.  The slice size and code dimension are read from the tensor shapes.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from study.csg import generated_convs
+from study.methods import build
+from study.models import ArchSpec, get_arch
+
+_GENERATOR = re.compile(r"(^|\.)(CLG|CSG)\.weight$")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def read(path: str | Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # truncated / not a torch file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "net" not in ckpt:
+        raise CheckpointError(f"{path}: expected the authors' {{'net', 'acc', 'epoch'}} dict")
+    return ckpt
+
+
+def translate(state: dict[str, torch.Tensor], arch: ArchSpec) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Our state dict and the CSG arguments (None for a plain network) for an authors' state dict."""
+    state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+    out, generator = {}, None
+    for key, value in state.items():
+        if _GENERATOR.search(key):
+            if key.count(".") == 1:  # the top-level copy; per-block copies hold the same values
+                generator = value
+            continue
+        parent, _, leaf = key.rpartition(".")
+        if leaf in arch.authors_code_names:
+            key = f"{parent}.{arch.authors_code_names[leaf]}" if parent else arch.authors_code_names[leaf]
+        out[key] = value
+    if generator is None:
+        copies = [v for k, v in state.items() if _GENERATOR.search(k)]
+        generator = copies[0].float() if copies else None
+    if generator is None:
+        return out, None
+    out["csg.weight"] = generator
+    rows, code_dim = generator.shape
+    k = arch.csg_kernel_size
+    slice_size = math.isqrt(rows // (k * k))
+    if slice_size * slice_size * k * k != rows:
+        raise CheckpointError(f"generator of shape {tuple(generator.shape)} is not S*S*{k}*{k} x d")
+    return out, {"slice": slice_size, "code_dim": code_dim}
+
+
+def load_model(path: str | Path, arch_name: str) -> tuple[nn.Module, dict]:
+    """The authors' network in our implementation, with their weights; and the checkpoint's metadata."""
+    arch = get_arch(arch_name)
+    ckpt = read(path)
+    state, csg_args = translate(ckpt["net"], arch)
+    model, args = build(arch_name, "csg" if csg_args else "none", csg_args or {})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise CheckpointError(f"{path}: does not fit {arch_name}: {first}") from None
+    meta = {"stored_accuracy": float(ckpt.get("acc", float("nan"))), "epoch": ckpt.get("epoch"),
+            "method": "csg" if csg_args else "none", **(csg_args or {}),
+            "generated_layers": sum(1 for _ in generated_convs(model))}
+    return model.eval(), meta
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in % over all of (x, y), normalised as the authors did; fp32."""
+    from study.data.cifar import CifarLoader
+
+    model.eval()
+    correct = 0
+    for xb, yb in CifarLoader(x, y, batch_size, train=False):
+        correct += int((model(xb).argmax(1) == yb).sum())
+    return 100.0 * correct / len(y)

@@ -1,0 +1,90 @@
+"""A run's resolved configuration: every choice that can change a result, and its hash.
+
+Grid files (`configs/*.yaml`) expand into `RunConfig`s (see `study/grid.py`).  A run is keyed by the
+hash of its resolved config, so re-running a grid finds the runs it already has.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULES = ("step", "onecycle", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    arch: str = "resnet20"
+    method: str = "none"
+    # the method's own arguments (CSG: slice, code_dim, layout, generator, policy; baselines: their knob)
+    method_args: dict[str, Any] = field(default_factory=dict)
+    # parameter budget: an int, or "<run name>" of another run in the same grid (resolved by the grid)
+    target_params: int | str | None = None
+    seed: int = 0
+
+    # optimisation (defaults: the authors' CIFAR protocol)
+    epochs: int = 200
+    batch_size: int = 192
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (0.5, 0.75)   # step schedule: fractions of `epochs`
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0                    # onecycle: fraction of epochs is pct_start
+    label_smoothing: float = 0.0
+
+    # data
+    val_size: int = 5000          # held out from the training set for model selection
+    train_subset: int | None = None   # smoke tests: a stratified subset of the training images
+    test_subset: int | None = None
+    workers: int = 2              # only for DataLoader-based tasks (ImageNet, VOC)
+
+    # speed
+    precision: str = "auto"       # auto: bf16 on CPUs with AMX/AVX512-BF16, fp16 AMP on CUDA, else fp32
+    channels_last: bool = True
+    compile: bool = False
+
+    name: str = ""                # display name; not part of the hash
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for key in ("epochs", "batch_size"):
+            if int(getattr(self, key)) <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(**d)
+
+    def hash(self) -> str:
+        d = self.to_dict()
+        d.pop("name")
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, Any]:
+        """For MLflow: method arguments flattened beside the rest, so the compare view can sort by them."""
+        d = self.to_dict()
+        d.update(d.pop("method_args"))
+        d["milestones"] = ",".join(str(m) for m in self.milestones)
+        return d

@@ -1,0 +1,82 @@
+"""What a model is trained on and judged by: data loaders, loss and metrics, one class per task.
+
+A task gives the trainer three loaders (train, validation, test) that yield `(x, y)` batches on
+the training device.  The train loader has a `generator` attribute (a `torch.Generator`): its state
+at the start of an epoch fixes that epoch's order and augmentation, so checkpoints save it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from study.config import RunConfig
+
+
+@dataclass
+class Loaders:
+    train: Iterable
+    val: Iterable
+    test: Iterable
+
+
+class Task:
+    name: str
+    primary: str = "acc"  # the metric used for model selection and reports (higher is better)
+
+    def loaders(self, cfg: RunConfig, data_root: str, device: torch.device) -> Loaders:
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
+        return F.cross_entropy(output, y, label_smoothing=cfg.label_smoothing)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Iterable, autocast=contextlib.nullcontext) -> dict[str, float]:
+        """Mean loss and top-1 (and top-5 where there are more than 5 classes) accuracy in %."""
+        model.eval()
+        n, loss, top1, top5 = 0, 0.0, 0, 0
+        for x, y in loader:
+            with autocast():
+                out = model(x)
+            out = out.float()
+            loss += float(F.cross_entropy(out, y, reduction="sum"))
+            best = out.topk(min(5, out.shape[1]), dim=1).indices
+            top1 += int((best[:, 0] == y).sum())
+            top5 += int((best == y[:, None]).any(1).sum())
+            n += len(y)
+        metrics = {"loss": loss / n, "acc": 100.0 * top1 / n}
+        if out.shape[1] > 5:
+            metrics["top5"] = 100.0 * top5 / n
+        return metrics
+
+
+class Cifar10Task(Task):
+    name = "cifar10"
+
+    def loaders(self, cfg, data_root, device):
+        from study.data import cifar
+
+        data = cifar.load_cifar10(data_root)
+        train_idx, val_idx = cifar.stratified_split(data.train_y, cfg.val_size, seed=cfg.seed)
+        train_x, train_y = cifar.subset(data.train_x[train_idx], data.train_y[train_idx], cfg.train_subset, cfg.seed)
+        val_x, val_y = cifar.subset(data.train_x[val_idx], data.train_y[val_idx], cfg.test_subset, cfg.seed)
+        test_x, test_y = cifar.subset(data.test_x, data.test_y, cfg.test_subset, cfg.seed)
+        kw = dict(device=device, channels_last=cfg.channels_last)
+        eval_batch = max(cfg.batch_size, 500)
+        return Loaders(
+            train=cifar.CifarLoader(train_x, train_y, cfg.batch_size, train=True, seed=cfg.seed, **kw),
+            val=cifar.CifarLoader(val_x, val_y, eval_batch, train=False, **kw),
+            test=cifar.CifarLoader(test_x, test_y, eval_batch, train=False, **kw))
+
+
+TASKS: dict[str, Task] = {"cifar10": Cifar10Task()}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        from study import tasks_vision  # noqa: F401  (ImageNet and VOC register themselves)
+    return TASKS[name]
