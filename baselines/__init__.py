@@ -1,0 +1,10 @@
+"""Baseline compression methods, one file per method, each a `study.methods.Method` registered on import.
+
+  prune        unstructured global magnitude pruning (one-shot or Zhu & Gupta gradual)
+  filterprune  L1-norm filter pruning (Li et al. 2017): a genuinely smaller network
+  lowrank      Tucker-2 factorisation of convs: 1x1 -> kxk -> 1x1 (from scratch or decomposed mid-training)
+  hashed       HashedNets for convs (Chen et al. 2015)
+  width        the same architecture with every stage's channels scaled
+  softshare    soft parameter sharing with template banks (Savarese & Maire 2019)
+"""
+from baselines import filterprune, hashed, lowrank, prune, softshare, width  # noqa: F401  (register)

@@ -1,0 +1,117 @@
+"""Command line: `python -m analysis report ...` and `python -m analysis ui ...`.
+
+A bad argument (unknown experiment, empty or missing store, bad --x) prints one line on stderr and
+exits with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from analysis.load import REPO, AnalysisError, default_tracking_uri
+
+PROG = "python -m analysis"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2 (argparse prints the usage too)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Analyse the study's MLflow runs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("report", help="figures, tables, manifest.csv and REPORT.md from the runs")
+    r.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    r.add_argument("--experiment", default=None, help="experiment (grid) name; default: every experiment with runs")
+    r.add_argument("--out", default=str(REPO / "results"), help="output folder (default: <repo>/results)")
+    r.add_argument("--x", default="total", choices=["total", "stored", "nonzero"],
+                   help="parameter count on the x axis of the accuracy-vs-parameters figure")
+    u = sub.add_parser("ui", help="run `mlflow ui` on the store, bound to 127.0.0.1")
+    u.add_argument("--tracking-uri", default=None, help="MLflow store (default as for `report`)")
+    u.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    u.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    return p
+
+
+def cmd_report(args) -> int:
+    from analysis import load, report
+
+    runs = load.load(args.tracking_uri or default_tracking_uri(), args.experiment)
+    written = report.write(runs, Path(args.out), x=args.x)
+    n = sum(len(v) for v in written.values())
+    print(f"wrote {n} files under {args.out} ({len(runs.finished)} FINISHED runs of {len(runs.runs)}); "
+          f"see {Path(args.out) / 'REPORT.md'}")
+    return 0
+
+
+def ui_command(tracking_uri: str, port: int, workers: int = 1) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+
+
+def ui_env() -> dict[str, str]:
+    """mlflow's server also starts background job runners (GenAI jobs); browsing runs needs none of them."""
+    env = os.environ.copy()
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
+def cmd_ui(args) -> int:
+    from analysis.load import _check_store_exists
+
+    if not 1 <= args.port <= 65535:
+        raise AnalysisError(f"--port must be in 1..65535, got {args.port}")
+    if args.workers < 1:
+        raise AnalysisError(f"--workers must be at least 1, got {args.workers}")
+    uri = args.tracking_uri or default_tracking_uri()
+    _check_store_exists(uri)
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    # its own process group, so that stopping us stops every process the server spawned
+    proc = subprocess.Popen(ui_command(uri, args.port, args.workers), env=ui_env(), start_new_session=True)
+
+    stopping: list[tuple[float, int]] = []
+
+    def stop(signum, _frame):  # only signal here; the loop below waits
+        if not stopping:
+            stopping.append((time.monotonic(), signum))
+            _signal_group(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        try:
+            rc = proc.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0][0] > 10:
+                _signal_group(proc.pid, signal.SIGKILL)
+    _signal_group(proc.pid, signal.SIGKILL)  # anything the server left behind in its group
+    return 128 + stopping[0][1] if stopping else rc
+
+
+def _signal_group(pgid: int, sig) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"report": cmd_report, "ui": cmd_ui}[args.command](args)
+    except AnalysisError as e:
+        sys.stderr.write(f"{PROG} {args.command}: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

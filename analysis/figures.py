@@ -1,0 +1,335 @@
+"""Figures, PNG and PDF: seaborn's colour-blind palette plus a distinct marker per method (greyscale-safe).
+
+Every figure is always written; where the experiment has no data for one, it says so on the canvas
+(so the set of files never depends on the grid, and a stale figure is never left behind).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from analysis import reference  # noqa: E402
+from analysis.load import METHOD_LABEL, METHOD_ORDER, arch_rank, python_value  # noqa: E402
+from analysis.stats import HEADLINE, METRIC_LABEL  # noqa: E402
+
+PALETTE = sns.color_palette("colorblind", 10)
+MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p"]
+METHOD_COLOR = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(METHOD_ORDER)}
+METHOD_MARKER = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(METHOD_ORDER)}
+FIGURES = ["acc_vs_params", "code_dim_sweep", "training_curves", "curves_vs_authors", "paper_vs_us",
+           "param_breakdown"]
+
+
+def _style():
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.0)
+    plt.rcParams.update({"svg.hashsalt": "analysis", "pdf.compression": 6, "figure.dpi": 100})
+
+
+def color(method: str):
+    return METHOD_COLOR.get(method, PALETTE[(len(METHOD_ORDER) + sum(map(ord, str(method)))) % len(PALETTE)])
+
+
+def marker(method: str):
+    return METHOD_MARKER.get(method, "p")
+
+
+def save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
+    plt.close(fig)
+    return paths
+
+
+def placeholder(out_dir: Path, name: str, title: str, why: str) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, why, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return save(fig, out_dir, name)
+
+
+def _panels(n: int, ncols: int = 3, size=(4.2, 3.4), rows_per=1, sharey=False):
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols) * rows_per
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             sharey=sharey)
+    return fig, axes
+
+
+def _archs(frame: pd.DataFrame) -> list[str]:
+    return sorted(frame["arch"].dropna().unique(), key=lambda a: (arch_rank(a), a))
+
+
+def _num(v) -> float:
+    v = python_value(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both fewer parameters and higher accuracy."""
+    order = sorted(range(len(x)), key=lambda i: (x[i], -y[i]))
+    front, best = [], -math.inf
+    for i in order:
+        if not math.isnan(y[i]) and y[i] > best:
+            front.append(i)
+            best = y[i]
+    return np.array(front, dtype=int)
+
+
+# -- 1. accuracy vs parameters ----------------------------------------------------------------------
+def acc_vs_params(summary: pd.DataFrame, out_dir: Path, x: str = "total") -> list[Path]:
+    name, col = "acc_vs_params", f"params_{x}"
+    title = f"{METRIC_LABEL[HEADLINE]} vs {x} parameters"
+    data = summary[summary[col].notna() & summary[f"{HEADLINE}_mean"].notna()] if not summary.empty else summary
+    if data.empty:
+        return placeholder(out_dir, name, title, "no FINISHED run with both a parameter count and an accuracy")
+    archs = _archs(data)
+    fig, axes = _panels(len(archs))
+    seen_methods = []
+    for ax, arch in zip(axes.flat, archs):
+        d = data[data["arch"] == arch]
+        for method in sorted(d["method"].unique(), key=lambda m: (METHOD_ORDER + [m]).index(m)):
+            dm = d[d["method"] == method]
+            if method not in seen_methods:
+                seen_methods.append(method)
+            half = dm[f"{HEADLINE}_half_width"].to_numpy(dtype=float)
+            one = np.isnan(half)
+            xs, ys = dm[col].to_numpy(float), dm[f"{HEADLINE}_mean"].to_numpy(float)
+            if (~one).any():
+                ax.errorbar(xs[~one], ys[~one], yerr=half[~one], fmt=marker(method), color=color(method),
+                            ms=6, capsize=3, lw=1, label=None)
+            if one.any():  # a single seed: no interval; drawn hollow
+                ax.plot(xs[one], ys[one], marker(method), ms=6, mfc="white", mec=color(method), mew=1.5)
+        xs, ys = d[col].to_numpy(float), d[f"{HEADLINE}_mean"].to_numpy(float)
+        front = pareto_front(xs, ys)
+        if len(front):
+            fx, fy = xs[front], ys[front]
+            ax.step(fx, fy, where="post", color="black", ls="--", lw=0.9, zorder=0)
+            ax.plot(fx, fy, "o", ms=12, mfc="none", mec="black", mew=0.9, zorder=0)
+        ax.set_xscale("log")
+        ax.set_title(arch)
+        ax.set_xlabel(f"parameters ({x}, log scale)")
+        ax.set_ylabel("test accuracy at best val. epoch (%)")
+    for ax in list(axes.flat)[len(archs):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker=marker(m), color=color(m), ls="", ms=6, label=METHOD_LABEL.get(m, m))
+               for m in seen_methods]
+    handles += [plt.Line2D([], [], marker="o", color="black", mfc="none", ls="--", ms=10, lw=0.9,
+                           label="Pareto front"),
+                plt.Line2D([], [], marker="o", color="grey", mfc="white", ls="", ms=6,
+                           label="1 seed (no interval)")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), bbox_to_anchor=(0.5, -0.02 - 0.04 *
+               math.ceil(len(handles) / 5)), frameon=False)
+    fig.suptitle(f"{title}; error bars: 95% CI over seeds")
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+# -- 2. code-dimension sweep ------------------------------------------------------------------------
+def code_dim_sweep(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    name, title = "code_dim_sweep", "CSG: accuracy and parameters vs code dimension (learned vs random-binary)"
+    if summary.empty or "code_dim" not in summary:
+        return placeholder(out_dir, name, title, "no CSG configuration in this experiment")
+    d = summary[(summary["method"] == "csg") & summary["code_dim"].notna()].copy()
+    if d.empty:
+        return placeholder(out_dir, name, title, "no CSG configuration in this experiment")
+    d["code_dim_f"] = d["code_dim"].map(_num)
+    for c, default in (("generator", "learned"), ("layout", "contiguous"), ("slice", None), ("policy", "authors")):
+        d[c] = d[c].map(lambda v, default=default: default if python_value(v) is None else python_value(v)) \
+            if c in d else default
+    archs = _archs(d)
+    fig, axes = plt.subplots(2, len(archs), figsize=(4.4 * len(archs), 6.4), squeeze=False)
+    gen_color = {"learned": PALETTE[0], "binary": PALETTE[1]}
+    lines = sorted({(str(r["generator"]), _num(r["slice"]), str(r["layout"]), str(r["policy"]))
+                    for _, r in d.iterrows()}, key=lambda t: (t[0] != "learned", t))
+    slices = sorted({t[1] for t in lines})
+    for j, arch in enumerate(archs):
+        da = d[d["arch"] == arch]
+        for gen, sl, layout, policy in lines:
+            dl = da[(da["generator"].astype(str) == gen) & (da["slice"].map(_num) == sl)
+                    & (da["layout"].astype(str) == layout) & (da["policy"].astype(str) == policy)]
+            if dl.empty:
+                continue
+            dl = dl.sort_values("code_dim_f")
+            c = gen_color.get(gen, PALETTE[2])
+            mk = MARKERS[slices.index(sl) % len(MARKERS)]
+            ls = "-" if layout == "contiguous" else ":"
+            label = f"{gen}, S{sl:g}" + ("" if layout == "contiguous" else f", {layout}") + \
+                ("" if policy == "authors" else f", policy={policy}")
+            half = dl[f"{HEADLINE}_half_width"].to_numpy(float)
+            axes[0, j].errorbar(dl["code_dim_f"], dl[f"{HEADLINE}_mean"], yerr=np.nan_to_num(half), color=c,
+                                marker=mk, ls=ls, capsize=3, label=label)
+            axes[1, j].plot(dl["code_dim_f"], dl["params_stored"], color=c, marker=mk, ls=ls, label=f"{label} stored")
+            axes[1, j].plot(dl["code_dim_f"], dl["params_total"], color=c, marker=mk, ls="--", mfc="white", lw=0.8,
+                            label=f"{label} total")
+        plain = summary[(summary["arch"] == arch) & (summary["method"] == "none")]
+        if len(plain):
+            p = plain.iloc[0]
+            axes[0, j].axhline(p[f"{HEADLINE}_mean"], color="grey", ls="-.", lw=1, label="plain network")
+            axes[1, j].axhline(p["params_total"], color="grey", ls="-.", lw=1, label="plain network")
+        axes[0, j].set_title(arch)
+        axes[0, j].set_ylabel("test acc. at best val. epoch (%)")
+        axes[1, j].set_ylabel("parameters")
+        axes[1, j].set_xlabel("code dimension d")
+        axes[0, j].legend(fontsize=7)
+        axes[1, j].legend(fontsize=6)
+    fig.suptitle(f"{title}\nerror bars: 95% CI over seeds; a random-binary generator is not stored")
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+# -- 3. training curves -----------------------------------------------------------------------------
+def mean_curves(wide: pd.DataFrame, groups: set[str]) -> pd.DataFrame:
+    """Per group and epoch: mean of val_acc and test_acc over seeds (FINISHED runs only)."""
+    w = wide[wide["group"].isin(groups)]
+    cols = [c for c in ("val_acc", "test_acc") if c in w]
+    if w.empty or not cols:
+        return pd.DataFrame(columns=["group", "epoch", "val_acc", "test_acc"])
+    return w.groupby(["group", "epoch"], sort=True)[cols].mean().reset_index()
+
+
+def training_curves(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) -> list[Path]:
+    name, title = "training_curves", "Validation and test accuracy per epoch (mean over seeds)"
+    curves = mean_curves(wide, set(summary["group"])) if not summary.empty else pd.DataFrame()
+    if curves.empty:
+        return placeholder(out_dir, name, title, "no per-epoch metrics logged for FINISHED runs")
+    archs = [a for a in _archs(summary) if a in set(summary[summary["group"].isin(curves["group"])]["arch"])]
+    fig, axes = plt.subplots(2, len(archs), figsize=(4.6 * len(archs), 6.6), squeeze=False, sharex="col")
+    for j, arch in enumerate(archs):
+        groups = summary[(summary["arch"] == arch) & summary["group"].isin(curves["group"])]
+        for k, (_, g) in enumerate(groups.iterrows()):
+            c = curves[curves["group"] == g["group"]]
+            label = f"{g['method_label']} {g['variant']}" if g["variant"] != "-" else g["method_label"]
+            label += f" (n={g['n']})"
+            every = max(1, len(c) // 8)
+            for i, metric in enumerate(("val_acc", "test_acc")):
+                if metric in c:
+                    axes[i, j].plot(c["epoch"], c[metric], color=PALETTE[k % len(PALETTE)], marker=marker(g["method"]),
+                                    markevery=every, ms=4, lw=1.1, ls=["-", "--", "-.", ":"][(k // 10) % 4],
+                                    label=label)
+        axes[0, j].set_title(arch)
+        axes[0, j].set_ylabel("validation accuracy (%)")
+        axes[1, j].set_ylabel("test accuracy (%)")
+        axes[1, j].set_xlabel("epoch")
+        axes[0, j].legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+def curves_vs_authors(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) -> list[Path]:
+    name = "curves_vs_authors"
+    title = "Test accuracy over training: ours (mean over seeds) vs the authors' logs (one run)"
+    runs, curves = reference.authors_runs(), reference.authors_curves()
+    pairs = []
+    ours_curves = mean_curves(wide, set(summary["group"])) if not summary.empty else pd.DataFrame()
+    for _, r in runs[runs["reuses_generator"] == "no"].iterrows():
+        ours = reference.match(summary, r["arch"], r["method"], r["slice"], r["code_dim"])
+        if ours is not None and ours["group"] in set(ours_curves.get("group", [])):
+            pairs.append((r, ours))
+    if not pairs:
+        return placeholder(out_dir, name, title, "no configuration in this experiment matches one of the authors' "
+                                                 "logged runs (reference/authors_runs.csv)")
+    fig, axes = _panels(len(pairs), ncols=3, size=(4.2, 3.2))
+    for ax, (r, ours) in zip(axes.flat, pairs):
+        a = curves[curves["run"] == r["run"]].sort_values("epoch")
+        o = ours_curves[ours_curves["group"] == ours["group"]].sort_values("epoch")
+        epochs_ours = _num(ours.get("epochs")) or o["epoch"].max()
+        ax.plot(a["epoch"] / a["epoch"].max(), a["test_acc"], color="black", ls="--", lw=1, marker="x",
+                markevery=max(1, len(a) // 8), ms=4, label=f"authors {r['run']} ({int(a['epoch'].max())} ep.)")
+        ax.plot(o["epoch"] / epochs_ours, o["test_acc"], color=color(ours["method"]), marker=marker(ours["method"]),
+                markevery=max(1, len(o) // 8), ms=4, lw=1.3,
+                label=f"ours (n={ours['n']}, {int(epochs_ours)} ep.)")
+        ax.set_title(f"{r['arch']} {METHOD_LABEL.get(r['method'], r['method'])} "
+                     + (f"S{int(r['slice'])} d{int(r['code_dim'])}" if r["method"] == "csg" else ""), fontsize=9)
+        ax.set_xlabel("fraction of training")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+# -- 4. paper vs us ---------------------------------------------------------------------------------
+def paper_vs_us(table_data: pd.DataFrame, out_dir: Path) -> list[Path]:
+    name, title = "paper_vs_us", "The authors' reported accuracy and parameters beside ours"
+    if table_data.empty:
+        return placeholder(out_dir, name, title, "no configuration in this experiment reproduces one of the "
+                                                 "authors' networks (reference/paper_reference.csv)")
+    d = table_data.reset_index(drop=True)
+    labels = [f"{r['arch']} · {r['config']}" for _, r in d.iterrows()]
+    y = np.arange(len(d))[::-1]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.55 * len(d) + 1.8), sharey=True)
+    specs = [(HEADLINE, "ours: test acc. at best val. epoch", PALETTE[0], "o", -0.2),
+             ("best_test_acc", "ours: best test epoch (paper's rule)", PALETTE[1], "s", 0.0)]
+    for metric, label, c, mk, off in specs:
+        mean = d[f"{metric}_mean"].to_numpy(float)
+        half = (d[f"{metric}_ci_high"] - d[f"{metric}_mean"]).to_numpy(float)
+        ax1.errorbar(mean, y + off, xerr=np.nan_to_num(half), fmt=mk, color=c, capsize=3, label=label)
+    ax1.plot(d["authors_acc"].to_numpy(float), y + 0.2, "D", color=PALETTE[2], mfc="white", mew=1.5,
+             label="authors: best test epoch, 1 run")
+    ax1.set_yticks(y, labels)
+    ax1.set_xlabel("accuracy (%)")
+    ax1.legend(fontsize=7, loc="best")
+    ax2.barh(y + 0.18, d["our_params_total"], height=0.34, color=PALETTE[0], hatch="//", label="ours (total)")
+    ax2.barh(y - 0.18, d["authors_params"], height=0.34, color=PALETTE[2], hatch="..", label="authors")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("parameters (log scale)")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title + "\nerror bars: 95% CI over our seeds")
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+# -- 5. parameter breakdown -------------------------------------------------------------------------
+def param_breakdown(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    from analysis.breakdown import CATEGORIES
+
+    name, title = "param_breakdown", "Where the parameters go (unique parameters by role)"
+    if frame.empty:
+        return placeholder(out_dir, name, title, "no configuration could be rebuilt (see the report's notes)")
+    d = frame.reset_index(drop=True)
+    labels = [f"{r['arch']} · {METHOD_LABEL.get(r['method'], r['method'])} {r['variant'] if r['variant'] != '-' else ''}"
+              .strip() for _, r in d.iterrows()]
+    y = np.arange(len(d))[::-1]
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(d) + 1.8))
+    left = np.zeros(len(d))
+    hatches = ["", "--", "//", "..", "xx", "\\\\", "oo"]
+    for i, c in enumerate(CATEGORIES):
+        v = d[c].to_numpy(float)
+        ax.barh(y, v, left=left, color=PALETTE[i], hatch=hatches[i], edgecolor="black", lw=0.3, label=c)
+        left += v
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("parameters")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_title(title, pad=40)
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path, x: str = "total") -> list[Path]:
+    _style()
+    paths = []
+    paths += acc_vs_params(summary, out_dir, x)
+    paths += code_dim_sweep(summary, out_dir)
+    paths += training_curves(summary, wide, out_dir)
+    paths += curves_vs_authors(summary, wide, out_dir)
+    paths += paper_vs_us(paper_table_data, out_dir)
+    paths += param_breakdown(breakdown_frame, out_dir)
+    return paths

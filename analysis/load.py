@@ -1,0 +1,407 @@
+"""MLflow runs -> pandas: one tidy row per run, and a long frame of per-epoch metrics.
+
+The training code logs (see `study/tracking.py`):
+- params: every `RunConfig` field, flattened, with the method's own arguments beside them, plus
+  `budget_count`, `knob` and `precision_used`;
+- per-epoch metrics (step = epoch, 1-based) and final single-value metrics;
+- tags: `config_hash`, `git_commit`, `device`, `torch_version`, `precision`, `grid`, `arch`, `method`,
+  and `failure_reason` on failure.
+
+Params arrive as strings; they are parsed back into ints, floats and bools column by column.  Runs
+that share every config value except the seed form one *group* (a configuration); statistics are
+taken over the seeds of a group, and only FINISHED runs enter them (`finished`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+ARCH_ORDER = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "densenet_bc_k36", "densenet_bc_k48",
+              "mobilenetv2", "shufflenetv2_0_5", "imagenet_resnet18", "imagenet_resnet50", "deeplabv3_resnet50",
+              "deeplabv3_resnet101"]
+METHOD_ORDER = ["none", "csg", "prune", "filterprune", "lowrank", "hashed", "width", "softshare"]
+METHOD_LABEL = {"none": "plain", "csg": "CSG", "prune": "pruning", "filterprune": "filter pruning",
+                "lowrank": "low-rank", "hashed": "HashedNets", "width": "width scaling", "softshare": "soft sharing"}
+
+# RunConfig's fields (read from study.config when it imports; this copy keeps the analysis standalone)
+_CONFIG_KEYS = ["arch", "method", "method_args", "target_params", "seed", "epochs", "batch_size", "lr", "momentum",
+                "nesterov", "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "label_smoothing",
+                "val_size", "train_subset", "test_subset", "workers", "precision", "channels_last", "compile", "name"]
+# params the harness adds beside the config; they describe the run, they are not the method's arguments
+DERIVED_PARAMS = ["budget_count", "knob", "precision_used"]
+# never part of a configuration's identity: the seed varies within a group, the rest is bookkeeping
+NOT_IN_GROUP = {"seed", "name", "precision_used", "workers"}
+# config fields that describe the training protocol (what must match for two methods to be compared)
+NOT_PROTOCOL = {"arch", "method", "method_args", "target_params", "seed", "name", "workers", "compile",
+                "channels_last", "precision"}
+
+EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "epoch_seconds"]
+FINAL_METRICS = ["final_test_acc", "final_val_acc", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
+                 "best_test_acc", "best_test_epoch", "params_total", "params_trainable", "params_frozen",
+                 "params_stored", "params_nonzero", "bytes_on_disk", "flops", "macs", "kernel_gen_flops",
+                 "train_seconds"]
+TAGS = ["config_hash", "git_commit", "device", "torch_version", "precision", "grid", "arch", "method",
+        "failure_reason"]
+STATUSES = ["FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"]
+
+
+class AnalysisError(ValueError):
+    """A problem with the user's arguments or store: reported as one line, exit status 2."""
+
+
+def config_keys() -> list[str]:
+    try:
+        from study.config import RunConfig
+        return RunConfig.keys()
+    except Exception:  # the analysis must still read a store without the training code
+        return list(_CONFIG_KEYS)
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
+
+
+def _quiet_mlflow() -> None:
+    for name in ("alembic", "mlflow", "mlflow.store", "mlflow.tracking"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _check_store_exists(uri: str) -> None:
+    """Refuse to read a store that is not there (MLflow would silently create an empty one)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
+        if path and path != ":memory:" and not Path(path).exists():
+            raise AnalysisError(f"no MLflow store at {uri} (file {path} does not exist)")
+    elif parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        if not Path(path).is_dir():
+            raise AnalysisError(f"no MLflow store at {uri} (directory {path} does not exist)")
+
+
+# -- parsing params back into types ---------------------------------------------------------------
+_INT = re.compile(r"^[+-]?\d+$")
+_NULL = {"", "None", "none", "null", "NULL", "nan", "NaN"}
+
+
+def parse_value(text):
+    """'3' -> 3, '0.05' -> 0.05, 'True' -> True, 'None' -> None; anything else stays a string."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return None
+    if not isinstance(text, str):
+        return text
+    s = text.strip()
+    if s in _NULL:
+        return None
+    if s in ("True", "true"):
+        return True
+    if s in ("False", "false"):
+        return False
+    if _INT.match(s):
+        return int(s)
+    try:
+        return float(s)
+    except ValueError:
+        return text
+
+
+def typed_column(values: list) -> pd.Series:
+    """One column of raw param strings -> the narrowest dtype every present value fits."""
+    parsed = [parse_value(v) for v in values]
+    present = [v for v in parsed if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pd.Series(parsed, dtype="boolean")
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.Series(parsed, dtype="Int64")
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.Series([np.nan if v is None else float(v) for v in parsed], dtype="float64")
+    return pd.Series([None if p is None else str(v) for v, p in zip(values, parsed)], dtype="object")
+
+
+def python_value(v):
+    """A frame cell as a plain Python value (for building models and for JSON)."""
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    return v
+
+
+# -- loading --------------------------------------------------------------------------------------
+@dataclass
+class Runs:
+    """Everything the analysis reads from one store."""
+    tracking_uri: str
+    experiments: list[str]
+    runs: pd.DataFrame                     # one row per run, every status
+    epochs: pd.DataFrame                   # long: run_id, metric, epoch, value
+    param_columns: list[str] = field(default_factory=list)
+    method_arg_columns: list[str] = field(default_factory=list)
+    duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished runs superseded by a later one
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return finished(self.runs)
+
+    @property
+    def not_finished(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] != "FINISHED"]
+
+
+def finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that enter statistics: FINISHED, and not superseded by a later run of the same seed."""
+    keep = (runs["status"] == "FINISHED") & ~runs["superseded"].astype(bool)
+    return runs[keep]
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient  # mlflow sets its loggers up on import: quiet them after
+
+    _quiet_mlflow()
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiments(client, name: str | None):
+    from mlflow.entities import ViewType
+
+    exps = client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    if name is not None:
+        match = [e for e in exps if e.name == name]
+        if not match:
+            names = ", ".join(sorted(e.name for e in exps)) or "none"
+            raise AnalysisError(f"no experiment named {name!r} in the store; available: {names}")
+        return match
+    return sorted(exps, key=lambda e: e.name)
+
+
+def _search_runs(client, experiment_ids: list[str]):
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _group_key(params: dict[str, str], name_to_key: dict[str, str] | None = None) -> str:
+    d = {k: v for k, v in params.items() if k not in NOT_IN_GROUP}
+    target = d.get("target_params")
+    if target is not None and parse_value(target) is not None and not isinstance(parse_value(target), (int, float)):
+        # a budget given as another run's name: that run's name carries its seed, its group does not
+        if name_to_key and target in name_to_key:
+            d["target_params"] = "group:" + name_to_key[target]
+        else:
+            d["target_params"] = re.sub(r"-s\d+$", "", target)
+    canon = {k: (None if parse_value(v) is None else str(v)) for k, v in d.items()}
+    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def load(tracking_uri: str | None = None, experiment: str | None = None, history: bool = True) -> Runs:
+    """Read every run of `experiment` (default: every experiment that has runs) from the store."""
+    uri = tracking_uri or default_tracking_uri()
+    _check_store_exists(uri)
+    client = _client(uri)
+    try:
+        exps = _experiments(client, experiment)
+    except AnalysisError:
+        raise
+    except Exception as e:  # an unreadable store: say what, not how
+        raise AnalysisError(f"cannot read the MLflow store at {uri}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    by_id = {e.experiment_id: e.name for e in exps}
+    raw = _search_runs(client, list(by_id)) if by_id else []
+    if not raw:
+        where = f"experiment {experiment!r}" if experiment else f"the store {uri}"
+        raise AnalysisError(f"no runs in {where}")
+
+    cfg_keys = set(config_keys())
+    rows, params_per_run = [], []
+    for r in raw:
+        p = dict(r.data.params)
+        params_per_run.append(p)
+        tags = r.data.tags
+        row = {
+            "run_id": r.info.run_id,
+            "experiment": by_id.get(r.info.experiment_id, r.info.experiment_id),
+            "run_name": r.info.run_name or tags.get("mlflow.runName", ""),
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "end_time": r.info.end_time,
+            "method_args": json.dumps(sorted(k for k in p if k not in cfg_keys and k not in DERIVED_PARAMS)),
+        }
+        for t in TAGS:
+            if t in ("arch", "method", "precision"):
+                row[f"tag_{t}"] = tags.get(t)
+            else:
+                row[t] = tags.get(t)
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+
+    # params: one typed column each (union over runs; a run without a key gets a missing value)
+    param_cols = sorted({k for p in params_per_run for k in p})
+    for k in param_cols:
+        col = typed_column([p.get(k) for p in params_per_run])
+        runs[k if k not in runs.columns else f"param_{k}"] = col.values
+    # final metrics under their own names; any other single-value metric too, unless a param has the name.
+    # Per-epoch metrics (e.g. `lr`, also a param) live in the epochs frame, not here.
+    extra = sorted({m for r in raw for m in r.data.metrics} - set(FINAL_METRICS) - set(EPOCH_METRICS))
+    for m in FINAL_METRICS + extra:
+        runs[m if m not in runs.columns else f"metric_{m}"] = [r.data.metrics.get(m, np.nan) for r in raw]
+    for k in ("arch", "method"):
+        if k not in runs.columns:
+            runs[k] = runs[f"tag_{k}"]
+        else:
+            runs[k] = runs[k].where(runs[k].notna(), runs[f"tag_{k}"])
+    if "seed" not in runs.columns:
+        runs["seed"] = pd.Series([pd.NA] * len(runs), dtype="Int64")
+    runs["failure_reason"] = runs["failure_reason"].fillna("")
+    method_arg_cols = sorted({k for k in param_cols if k not in cfg_keys and k not in DERIVED_PARAMS})
+
+    # groups: identical config except the seed; a name-valued budget points at its run's group
+    name_to_key: dict[str, str] = {}
+    for p, name in zip(params_per_run, runs["run_name"]):
+        name_to_key[p.get("name") or name] = _group_key(p)
+    runs["group"] = [_group_key(p, name_to_key) for p in params_per_run]
+    runs["protocol"] = [_group_key({k: v for k, v in p.items() if k in cfg_keys and k not in NOT_PROTOCOL})
+                        for p in params_per_run]
+    runs["method_label"] = runs["method"].map(lambda m: METHOD_LABEL.get(m, str(m)))
+    runs["variant"] = [variant_label(row, json.loads(row["method_args"])) for _, row in runs.iterrows()]
+    runs["epochs_completed"] = np.nan
+
+    # a configuration and seed run twice (a re-run grid): the latest FINISHED run counts
+    runs["superseded"] = False
+    fin = runs[runs["status"] == "FINISHED"].sort_values(["start_time", "run_id"])
+    dup = fin.duplicated(subset=["group", "seed"], keep="last")
+    runs.loc[dup[dup].index, "superseded"] = True
+
+    runs = sort_runs(runs).reset_index(drop=True)
+
+    epochs = _history(client, runs) if history else pd.DataFrame(columns=["run_id", "metric", "epoch", "value"])
+    if len(epochs):
+        done = epochs[epochs["metric"].isin(["val_acc", "test_acc", "train_loss"])].groupby("run_id")["epoch"].max()
+        runs["epochs_completed"] = runs["run_id"].map(done)
+    return Runs(tracking_uri=uri, experiments=sorted(set(runs["experiment"])), runs=runs, epochs=epochs,
+                param_columns=param_cols, method_arg_columns=method_arg_cols,
+                duplicates=runs[runs["superseded"]])
+
+
+def _history(client, runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for run_id in runs["run_id"]:
+        for metric in EPOCH_METRICS:
+            try:
+                hist = client.get_metric_history(run_id, metric)
+            except Exception:
+                continue
+            best: dict[int, tuple[int, float]] = {}
+            for m in hist:  # a resumed run may log an epoch twice: the later value counts
+                if m.step not in best or m.timestamp >= best[m.step][0]:
+                    best[m.step] = (m.timestamp, m.value)
+            rows.extend((run_id, metric, int(step), float(v)) for step, (_, v) in best.items())
+    frame = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
+    return frame.sort_values(["run_id", "metric", "epoch"]).reset_index(drop=True)
+
+
+def epochs_wide(runs: Runs) -> pd.DataFrame:
+    """Per-epoch metrics one row per (run, epoch), with the run's group, arch, method and seed."""
+    if runs.epochs.empty:
+        return pd.DataFrame(columns=["run_id", "epoch", *EPOCH_METRICS])
+    wide = runs.epochs.pivot_table(index=["run_id", "epoch"], columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    info = runs.runs[["run_id", "group", "arch", "method", "variant", "seed", "status", "superseded"]]
+    return wide.merge(info, on="run_id", how="left")
+
+
+# -- labels and ordering --------------------------------------------------------------------------
+def _fmt_arg(v) -> str:
+    v = python_value(v)
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
+        return str(int(v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def variant_label(row, arg_keys: list[str]) -> str:
+    """A short human name for a method's arguments: 'S16 d72', 'S16 d72 binary', 'sparsity=0.5'."""
+    method = row.get("method")
+    args = {k: python_value(row.get(k)) for k in arg_keys}
+    args = {k: v for k, v in args.items() if v is not None}
+    if method == "csg":
+        parts = []
+        if "slice" in args:
+            parts.append(f"S{_fmt_arg(args.pop('slice'))}")
+        if "code_dim" in args:
+            parts.append(f"d{_fmt_arg(args.pop('code_dim'))}")
+        if args.get("generator", "learned") != "learned":
+            parts.append(str(args["generator"]))
+        args.pop("generator", None)
+        if args.get("layout", "contiguous") != "contiguous":
+            parts.append(f"{args['layout']} layout")
+        args.pop("layout", None)
+        if args.get("policy", "authors") != "authors":
+            parts.append(f"policy={args['policy']}")
+        args.pop("policy", None)
+        parts += [f"{k}={_fmt_arg(v)}" for k, v in sorted(args.items())]
+        label = " ".join(parts)
+    else:
+        label = ", ".join(f"{k}={_fmt_arg(v)}" for k, v in sorted(args.items()))
+    target = python_value(row.get("target_params"))
+    if target is not None and method != "csg":
+        label = (label + ", " if label else "") + f"target={_fmt_arg(target)}"
+    return label or "-"
+
+
+def arch_rank(a) -> int:
+    return ARCH_ORDER.index(a) if a in ARCH_ORDER else len(ARCH_ORDER)
+
+
+def method_rank(m) -> int:
+    return METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def _natural(s) -> tuple:
+    """'S16 d128' after 'S16 d72': numbers compare as numbers."""
+    return tuple((0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t)
+                 for t in re.split(r"(\d+(?:\.\d+)?)", str(s)) if t)
+
+
+def sort_key_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = pd.DataFrame(index=frame.index)
+    keys["_a"] = frame["arch"].map(arch_rank) if "arch" in frame else 0
+    keys["_aname"] = frame["arch"].astype(str) if "arch" in frame else ""
+    keys["_m"] = frame["method"].map(method_rank) if "method" in frame else 0
+    keys["_mname"] = frame["method"].astype(str) if "method" in frame else ""
+    keys["_v"] = frame["variant"].map(_natural) if "variant" in frame else ""
+    return keys
+
+
+def sort_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    keys = sort_key_frame(runs)
+    keys["_g"] = runs["group"]
+    keys["_s"] = runs["seed"].astype("float64").fillna(-1)
+    keys["_n"] = runs["run_name"].astype(str)
+    keys["_id"] = runs["run_id"]
+    order = sorted(keys.index, key=lambda i: tuple(keys.loc[i]))
+    return runs.loc[order]

@@ -1,0 +1,165 @@
+"""A synthetic MLflow store with the training code's schema, for tests and for trying the analysis.
+
+    python -c "from analysis.synthetic import make_store; print(make_store('/tmp/demo'))"
+
+Runs are logged through the real MLflow client.  Accuracies are made up (a deterministic function of
+the run name); parameter counts are the true ones for the CIFAR ResNets.  Besides FINISHED runs the
+store holds a FAILED, a KILLED and a RUNNING run, and one configuration+seed that finished twice.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+BASE_PARAMS = {"epochs": 6, "batch_size": 192, "lr": 0.05, "momentum": 0.9, "nesterov": False,
+               "weight_decay": 0.0005, "schedule": "step", "milestones": "0.5,0.75", "gamma": 0.1,
+               "warmup_epochs": 0.0, "label_smoothing": 0.0, "val_size": 5000, "train_subset": None,
+               "test_subset": None, "workers": 2, "precision": "auto", "channels_last": True, "compile": False}
+
+# (arch, method, args, target, seeds, final accuracy, counts: total, stored, nonzero, frozen)
+CONFIGS = [
+    ("resnet20", "none", {}, None, [0, 1, 2], 91.5, (269722, 269722, 269024, 0)),
+    ("resnet20", "csg", {"slice": 16, "code_dim": 72, "layout": "contiguous", "generator": "learned",
+                         "policy": "authors"}, None, [0, 1, 2], 90.8, (176698, 176698, 176000, 0)),
+    ("resnet20", "csg", {"slice": 16, "code_dim": 32, "layout": "contiguous", "generator": "learned",
+                         "policy": "authors"}, None, [0, 1], 89.9, (79898, 79898, 79200, 0)),
+    ("resnet20", "csg", {"slice": 16, "code_dim": 72, "layout": "contiguous", "generator": "binary",
+                         "policy": "authors"}, None, [0, 1], 88.7, (176698, 10810, 176000, 165888)),
+    ("resnet20", "csg", {"slice": 16, "code_dim": 32, "layout": "contiguous", "generator": "binary",
+                         "policy": "authors"}, None, [0, 1], 87.2, (79898, 6170, 79200, 73728)),
+    ("resnet20", "prune", {"sparsity": 0.345}, 176698, [0, 1, 2], 90.1, (269722, 269722, 176698, 0)),
+    ("resnet20", "lowrank", {"rank_ratio": 0.52}, 176698, [0, 1], 89.4, (176512, 176512, 175900, 0)),
+    ("resnet56", "none", {}, None, [0, 1], 93.1, (853018, 853018, 850976, 0)),
+    ("resnet56", "csg", {"slice": 16, "code_dim": 128, "layout": "contiguous", "generator": "learned",
+                         "policy": "authors"}, None, [0], 92.4, (347162, 347162, 345120, 0)),
+]
+KNOB = {"none": "", "csg": "code_dim", "prune": "sparsity", "lowrank": "rank_ratio", "hashed": "compression",
+        "width": "width"}
+BUDGET = {"none": "total", "csg": "stored", "prune": "nonzero", "lowrank": "total", "hashed": "stored",
+          "width": "total"}
+
+
+def run_name(arch: str, method: str, args: dict, target, seed: int) -> str:
+    if method == "csg":
+        mid = f"csg-{args['slice']}x{args['code_dim']}" + ("-bin" if args.get("generator") == "binary" else "")
+    elif method == "none":
+        mid = "none"
+    else:
+        mid = f"{method}-t{target}"
+    return f"{arch}-{mid}-s{seed}"
+
+
+def curves(name: str, final: float, epochs: int, seed_shift: float = 0.0) -> dict[str, list[float]]:
+    """Deterministic made-up learning curves that rise towards `final`."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    out = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                           "epoch_seconds")}
+    for e in range(1, epochs + 1):
+        level = final + seed_shift - 25 * math.exp(-1.2 * e)
+        val = level + rng.normal(0, 0.4)
+        test = level - 0.2 + rng.normal(0, 0.4)
+        out["val_acc"].append(round(val, 4))
+        out["test_acc"].append(round(test, 4))
+        out["train_acc"].append(round(level + 3 + rng.normal(0, 0.3), 4))
+        out["train_loss"].append(round(2.3 * math.exp(-0.5 * e) + 0.05, 4))
+        out["val_loss"].append(round(2.3 * math.exp(-0.45 * e) + 0.2, 4))
+        out["test_loss"].append(round(2.3 * math.exp(-0.45 * e) + 0.22, 4))
+        out["lr"].append(0.05 if e <= epochs // 2 else 0.005)
+        out["epoch_seconds"].append(round(10 + rng.uniform(0, 1), 3))
+    return out
+
+
+def finals(c: dict[str, list[float]]) -> dict[str, float]:
+    val, test = np.array(c["val_acc"]), np.array(c["test_acc"])
+    bv, bt = int(np.argmax(val)), int(np.argmax(test))
+    return {"final_test_acc": test[-1], "final_val_acc": val[-1], "best_val_acc": val[bv], "best_val_epoch": bv + 1,
+            "test_acc_at_best_val": test[bv], "best_test_acc": test[bt], "best_test_epoch": bt + 1,
+            "train_seconds": float(sum(c["epoch_seconds"]))}
+
+
+def _log(client, exp_id: str, name: str, params: dict, tags: dict, history: dict | None, final: dict | None,
+         status: str, start: int):
+    from mlflow.entities import Metric, Param, RunTag
+
+    run = client.create_run(exp_id, run_name=name, start_time=start, tags=tags)
+    rid = run.info.run_id
+    metrics = []
+    if history:
+        for key, values in history.items():
+            metrics += [Metric(key, float(v), start + 1000 * i, i + 1) for i, v in enumerate(values)]
+    if final:
+        metrics += [Metric(k, float(v), start + 100_000, 0) for k, v in final.items()]
+    client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+    if status != "RUNNING":
+        client.set_terminated(rid, status=status, end_time=start + 200_000)
+    return rid
+
+
+def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, with_failures: bool = True) -> str:
+    """Log the synthetic runs into `root/mlflow.db` (artifacts in `root/artifacts`); return the tracking URI."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    for n in ("alembic", "mlflow"):
+        logging.getLogger(n).setLevel(logging.ERROR)
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+    start = 1_760_000_000_000
+
+    def params_for(arch, method, args, target, seed, name):
+        p = {"arch": arch, "method": method, "seed": seed, **BASE_PARAMS, "epochs": epochs, "name": name,
+             "target_params": target, **args, "budget_count": BUDGET.get(method, "total"),
+             "knob": KNOB.get(method, ""), "precision_used": "fp32"}
+        return p
+
+    def tags_for(arch, method, seed, name):
+        return {"config_hash": f"{zlib.crc32(name.encode()):08x}", "git_commit": "0123abc", "device": "cpu",
+                "torch_version": "2.x-synthetic", "precision": "fp32", "grid": experiment, "arch": arch,
+                "method": method}
+
+    k = 0
+    for arch, method, args, target, seeds, acc, (total, stored, nonzero, frozen) in CONFIGS:
+        for seed in seeds:
+            name = run_name(arch, method, args, target, seed)
+            hist = curves(name, acc, epochs, seed_shift=0.15 * seed)
+            fin = finals(hist)
+            fin.update(params_total=total, params_trainable=total - frozen, params_frozen=frozen,
+                       params_stored=stored, params_nonzero=nonzero, bytes_on_disk=4 * stored + 2048,
+                       flops=82_000_000 if arch == "resnet20" else 252_000_000, macs=41_000_000,
+                       kernel_gen_flops=2 * stored if method == "csg" else 0)
+            _log(client, exp_id, name, params_for(arch, method, args, target, seed, name),
+                 tags_for(arch, method, seed, name), hist, fin, "FINISHED", start + 1_000_000 * k)
+            k += 1
+    if with_failures:
+        # resnet20-none-s0 again, FINISHED and started later: it supersedes the first one, whose numbers
+        # must then stay out of the statistics
+        name = run_name("resnet20", "none", {}, None, 0)
+        hist = curves(name + "-rerun", 91.5, epochs)
+        fin = finals(hist)
+        fin.update(params_total=269722, params_trainable=269722, params_frozen=0, params_stored=269722,
+                   params_nonzero=269024, bytes_on_disk=4 * 269722 + 2048, flops=82_000_000, macs=41_000_000,
+                   kernel_gen_flops=0)
+        _log(client, exp_id, name, params_for("resnet20", "none", {}, None, 0, name),
+             tags_for("resnet20", "none", 0, name), hist, fin, "FINISHED", start + 1_000_000 * (k + 1))
+        for i, (method, args, status, reason) in enumerate([
+                ("hashed", {"compression": 0.65}, "FAILED", "RuntimeError: out of memory"),
+                ("width", {"width": 0.8}, "KILLED", ""),
+                ("none", {}, "RUNNING", "")]):
+            target = 176698 if method != "none" else None
+            seed = 0 if method != "none" else 3
+            name = run_name("resnet20", method, args, target, seed)
+            tags = tags_for("resnet20", method, seed, name)
+            if reason:
+                tags["failure_reason"] = reason
+            hist = {k2: v[:2] for k2, v in curves(name, 85.0, epochs).items()}
+            _log(client, exp_id, name, params_for("resnet20", method, args, target, seed, name), tags, hist, None,
+                 status, start + 1_000_000 * (k + 2 + i))
+    return uri

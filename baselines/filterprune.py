@@ -1,0 +1,260 @@
+"""L1-norm filter pruning (`--method filterprune`; Li, Kadav, Durdanovic, Samet & Graf, ICLR 2017).
+
+At the start of epoch round(prune_at * epochs) (at the latest the last epoch), whole output filters
+of each prunable conv are removed, smallest L1 norm first, and the network is rebuilt genuinely
+smaller; it is then fine-tuned for the rest of training.
+
+Which convs are prunable is found on the traced graph (`torch.fx`), so it works on any zoo
+architecture without knowing its block classes: a conv of `layers` (default `authors`: on CIFAR
+ResNets the 3x3 block convs) whose output runs, used by nothing else, through at most one
+BatchNorm and channel-wise activations into exactly one ungrouped conv.  Removing its filter i
+then removes channel i of that BatchNorm and input channel i of the consuming conv, and every
+other tensor keeps its shape.  On a CIFAR ResNet basic block this is conv_a -> bn_a -> relu ->
+conv_b: conv_a's filters, bn_a's channels and conv_b's input channels go; conv_b's output, which
+feeds the residual sum, is untouched (Li et al.'s choice for ResNets).  On a bottleneck block both
+conv1 and conv2 qualify under `eligible`.
+
+`ratio` is the fraction of filters removed per prunable conv.  Applied layer by layer and rounded,
+a ratio moves every same-width layer one filter at once, so the per-layer counts are apportioned
+from the rounded total instead (largest remainder): each layer loses round-ish(ratio * C_l)
+filters, within one of its exact share, always keeping at least one.
+
+The budget count is `total` of the model training ends with (the pruned one); `counted` gives it
+for an unpruned model too.  `structure` records, per pruned conv, the kept filter indices, and
+`restore` rebuilds a fresh model to those shapes so a checkpoint of the pruned model loads.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from study.methods import Method, register
+
+from baselines import _common as C
+
+_CHANNELWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
+                        nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d)
+_CHANNELWISE_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, F.hardsigmoid,
+                          torch.relu, torch.sigmoid, torch.tanh, F.dropout, torch.relu_, F.relu_}
+_CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_"}
+
+
+@dataclass(frozen=True)
+class Chain:
+    conv: str            # the conv whose output filters go
+    bn: str | None       # the BatchNorm between (its channels go)
+    consumer: str        # the conv whose input channels go
+
+
+def chains(model: nn.Module, arch, layers: str) -> list[Chain]:
+    """Every prunable conv -> [bn] -> [channel-wise ops] -> conv chain, in graph order."""
+    chosen = C.policy(arch, layers)
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as e:  # noqa: BLE001  (tracing failures come in many types)
+        raise ValueError(f"filterprune: cannot trace {arch.name} with torch.fx ({type(e).__name__}: {e})") from None
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+
+    def called_once(node):
+        return calls[node.target] == 1
+
+    found = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not called_once(node):
+            continue
+        conv = modules[node.target]
+        if type(conv) is not nn.Conv2d or not chosen(node.target, conv):
+            continue
+        cur, bn, consumer = node, None, None
+        while len(cur.users) == 1:
+            nxt = next(iter(cur.users))
+            if not nxt.args or nxt.args[0] is not cur or any(a is cur for a in list(nxt.args[1:]) +
+                                                              list(nxt.kwargs.values())):
+                break
+            if nxt.op == "call_module":
+                m = modules[nxt.target]
+                if not called_once(nxt):
+                    break
+                if type(m) is nn.BatchNorm2d and bn is None and m.num_features == conv.out_channels:
+                    bn = nxt.target
+                elif isinstance(m, _CHANNELWISE_MODULES):
+                    pass
+                elif type(m) is nn.Conv2d and m.groups == 1 and m.in_channels == conv.out_channels:
+                    consumer = nxt.target
+                    break
+                else:
+                    break
+            elif nxt.op == "call_function" and nxt.target in _CHANNELWISE_FUNCTIONS:
+                pass
+            elif nxt.op == "call_method" and nxt.target in _CHANNELWISE_METHODS:
+                pass
+            else:
+                break
+            cur = nxt
+        if consumer is not None:
+            found.append(Chain(node.target, bn, consumer))
+    return found
+
+
+def removals(model: nn.Module, found: list[Chain], ratio: float) -> list[int]:
+    """Filters removed per chain: `ratio` of each conv's filters, apportioned (see module doc)."""
+    widths = [model.get_submodule(c.conv).out_channels for c in found]
+    return C.apportion([ratio * w for w in widths], minimum=0, maximum=[w - 1 for w in widths])
+
+
+def per_filter_params(model: nn.Module, chain: Chain) -> int:
+    conv, consumer = model.get_submodule(chain.conv), model.get_submodule(chain.consumer)
+    n = conv.weight[0].numel() + (1 if conv.bias is not None else 0)
+    n += consumer.weight[:, 0].numel()
+    if chain.bn is not None and model.get_submodule(chain.bn).affine:
+        n += 2
+    return n
+
+
+# -- surgery ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def shrink_conv(conv: nn.Conv2d, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None):
+    weight, bias = conv.weight, conv.bias
+    if out_keep is not None:
+        weight = weight[out_keep]
+        bias = bias[out_keep] if bias is not None else None
+    if in_keep is not None:
+        weight = weight[:, in_keep]
+    new = nn.Conv2d(weight.shape[1], weight.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, groups=1, bias=bias is not None, padding_mode=conv.padding_mode)
+    new = C.like(new, conv.weight)
+    new.weight.copy_(weight)
+    if bias is not None:
+        new.bias.copy_(bias)
+    new.train(conv.training)
+    return new
+
+
+@torch.no_grad()
+def shrink_bn(bn: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
+    new = nn.BatchNorm2d(len(keep), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                         track_running_stats=bn.track_running_stats)
+    new = new.to(device=(bn.weight if bn.affine else bn.running_mean).device)
+    if bn.affine:
+        new.weight.copy_(bn.weight[keep])
+        new.bias.copy_(bn.bias[keep])
+    if bn.track_running_stats:
+        new.running_mean.copy_(bn.running_mean[keep])
+        new.running_var.copy_(bn.running_var[keep])
+        new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    new.train(bn.training)
+    return new
+
+
+def apply_keep(model: nn.Module, chain: Chain, keep: list[int]) -> None:
+    """Remove every filter of `chain.conv` not in `keep`, in place."""
+    conv = model.get_submodule(chain.conv)
+    idx = torch.as_tensor(sorted(keep), dtype=torch.long, device=conv.weight.device)
+    C.set_submodule(model, chain.conv, shrink_conv(conv, out_keep=idx))
+    if chain.bn is not None:
+        C.set_submodule(model, chain.bn, shrink_bn(model.get_submodule(chain.bn), idx))
+    C.set_submodule(model, chain.consumer, shrink_conv(model.get_submodule(chain.consumer), in_keep=idx))
+
+
+@torch.no_grad()
+def l1_keep(conv: nn.Conv2d, remove: int) -> list[int]:
+    """Indices of the filters with the largest L1 norms (ties: the earlier filter stays)."""
+    norms = conv.weight.detach().abs().flatten(1).sum(1).double().cpu()
+    order = sorted(range(len(norms)), key=lambda i: (-float(norms[i]), i))
+    return sorted(order[:len(norms) - remove])
+
+
+@register
+class FilterPrune(Method):
+    name = "filterprune"
+    knob = "ratio"
+    count = "total"
+    defaults = {"ratio": 0.3, "prune_at": 0.5, "layers": "authors"}
+
+    def args(self, given):
+        args = super().args(given)
+        args["ratio"] = C.check_fraction(self.name, "ratio", args["ratio"], hi_open=True)
+        args["prune_at"] = C.check_fraction(self.name, "prune_at", args["prune_at"])
+        C.check_choice(self.name, "layers", args["layers"], C.LAYER_SETS)
+        return args
+
+    def plan(self, model, arch, args) -> list[tuple[Chain, int]]:
+        found = chains(model, arch, args["layers"])
+        if not found:
+            raise ValueError(f"filterprune: {arch.name} has no conv -> [bn] -> conv chain among its "
+                             f"{args['layers']} layers whose filters can be removed")
+        return list(zip(found, removals(model, found, float(args["ratio"]))))
+
+    @staticmethod
+    def is_pruned(model) -> bool:
+        return getattr(model, "filterprune_kept", None) is not None
+
+    def prune(self, model: nn.Module, arch, args) -> nn.Module:
+        """Remove the smallest-L1 filters in place; records the kept indices on the model."""
+        plan = self.plan(model, arch, args)
+        # every norm is read before any surgery (a conv can both consume one chain and head another)
+        kept = {chain.conv: l1_keep(model.get_submodule(chain.conv), remove) for chain, remove in plan}
+        for chain, _ in plan:
+            apply_keep(model, chain, kept[chain.conv])
+        model.filterprune_kept = kept
+        return model
+
+    # -- the Method interface ------------------------------------------------------------------
+    def build(self, arch, args, seed=0):
+        model = C.tag(arch.build(num_classes=arch.num_classes), arch)
+        self.plan(model, arch, args)  # fail early when nothing is prunable
+        return model
+
+    def on_epoch_start(self, model, args, epoch, epochs):
+        if self.is_pruned(model) or epoch < min(C.epoch_at(args["prune_at"], epochs), max(0, epochs - 1)):
+            return model
+        # a new model object: the trainer sees the change and rebuilds its optimiser
+        return self.prune(copy.deepcopy(model), C.arch_of(model, self.name), args)
+
+    def structure(self, model):
+        kept = getattr(model, "filterprune_kept", None)
+        return {} if kept is None else {"kept": {k: list(map(int, v)) for k, v in kept.items()}}
+
+    def restore(self, model, args, structure):
+        kept = structure.get("kept")
+        if not kept or self.is_pruned(model):
+            return model
+        arch = C.arch_of(model, self.name)
+        found = {c.conv: c for c in chains(model, arch, args["layers"])}
+        missing = set(kept) - set(found)
+        if missing:
+            raise ValueError(f"filterprune: checkpoint prunes {sorted(missing)}, which this model cannot prune")
+        for name, keep in kept.items():
+            apply_keep(model, found[name], keep)
+        model.filterprune_kept = {k: list(v) for k, v in kept.items()}
+        return model
+
+    def counted(self, model, arch, args):
+        """`total` of the pruned model: the model's own count once pruned, else what pruning will leave."""
+        total = C.numel_params(model)
+        if self.is_pruned(model):
+            return total
+        return total - sum(r * per_filter_params(model, c) for c, r in self.plan(model, arch, args))
+
+    def search(self, arch, args, target):
+        model = C.skeleton(arch)
+        found = chains(model, arch, args["layers"])
+        if not found:
+            self.plan(model, arch, args)
+        total = C.numel_params(model)
+        sizes = [per_filter_params(model, c) for c in found]
+
+        def count(ratio):
+            return total - sum(r * s for r, s in zip(removals(model, found, ratio), sizes))
+
+        ratio = C.search_monotone(self.name, "ratio", count, target, 0.0, 1.0 - 1e-9, self.tolerance)
+        return {**args, "ratio": C.shorten(count, ratio, 0.0, 1.0 - 1e-9)}

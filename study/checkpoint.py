@@ -1,0 +1,64 @@
+"""Atomic, verifiable per-epoch checkpoints.
+
+Each checkpoint is written to a temporary file in the same folder, flushed to disk and renamed into
+place, so a kill at any moment leaves either the old file or the new one, never half of one.  Its
+name carries the epoch and a SHA-256 prefix of its bytes (`epoch0007-3fa2c1d9e0b4.pt`): a truncated or
+corrupted file fails the check and the run falls back to the previous good checkpoint (the last
+`keep` are kept), or starts over, with a warning.  Loading always uses `weights_only=True`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^epoch(\d{4,})-([0-9a-f]{12})\.pt$")
+
+
+def save(folder: Path, epoch: int, state: dict, keep: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    path = folder / f"epoch{epoch:04d}-{hashlib.sha256(data).hexdigest()[:12]}.pt"
+    tmp = folder / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in candidates(folder)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def candidates(folder: Path) -> list[Path]:
+    """Checkpoints in the folder, newest epoch first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def verify(path: Path) -> bool:
+    digest = _NAME.match(path.name).group(2)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] == digest
+
+
+def load_latest(folder: Path) -> dict | None:
+    """The newest checkpoint that passes its check, or None; bad ones are reported and set aside."""
+    for path in candidates(folder):
+        try:
+            if not verify(path):
+                raise ValueError("checksum mismatch")
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, or unreadable
+            log.warning("checkpoint %s is unusable (%s); falling back to an earlier one", path, e)
+            path.rename(path.with_suffix(".corrupt"))
+    return None

@@ -1,0 +1,245 @@
+"""`python -m study ...`: params, evaluate-authors, run, status, bench.
+
+Every bad argument is caught before work starts and reported as one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from study.tracking import PROJECT, default_uri
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; the contract wants one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    import yaml
+
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def _data_root(value: str | None) -> str:
+    from study.data.cifar import DataError, default_root, locate
+
+    root = value or default_root()
+    try:
+        locate(root)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    return root
+
+
+def _arch_names() -> list[str]:
+    from study.models import ARCHS
+    return list(ARCHS)
+
+
+def build_parser() -> Parser:
+    from study.csg import GENERATORS, LAYOUTS
+    from study.methods import method_names
+
+    p = Parser(prog="python -m study", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    q = sub.add_parser("params", help="parameter, size and FLOP counts of one configuration")
+    q.add_argument("--arch", required=True, choices=_arch_names())
+    q.add_argument("--method", default="none", choices=method_names())
+    q.add_argument("--code-dim", type=_positive_int)
+    q.add_argument("--slice", type=_positive_int)
+    q.add_argument("--layout", choices=LAYOUTS)
+    q.add_argument("--generator", choices=GENERATORS)
+    q.add_argument("--policy", choices=("authors", "all"))
+    q.add_argument("--arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="another argument of the method (e.g. sparsity=0.5); repeatable")
+    q.add_argument("--target-params", type=_positive_int, help="search the method's knob to match this count")
+    q.add_argument("--no-flops", action="store_true", help="skip FLOP counting (faster on big models)")
+    q.add_argument("--json", action="store_true")
+
+    e = sub.add_parser("evaluate-authors", help="load an authors' checkpoint and re-measure its test accuracy")
+    e.add_argument("checkpoint")
+    e.add_argument("--arch", required=True, choices=_arch_names())
+    e.add_argument("--data-root")
+    e.add_argument("--json", action="store_true")
+
+    for name, helptext in (("run", "train a grid file"), ("status", "show what a grid has done")):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("grid")
+        r.add_argument("--data-root")
+        r.add_argument("--tracking-uri")
+        r.add_argument("--output", default=str(PROJECT / "outputs"), help="checkpoints go here")
+        if name == "run":
+            r.add_argument("--jobs", type=_positive_int, default=1)
+            r.add_argument("--threads", type=_positive_int, help="torch threads per worker (default cores/jobs)")
+            r.add_argument("--backend", choices=("local", "dask", "slurm"), default="local")
+            r.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786")
+            r.add_argument("--slurm", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                           help="submitit parameters (e.g. slurm_partition=gpu, timeout_min=600, cluster=local)")
+            r.add_argument("--retry-failed", action="store_true")
+            r.add_argument("--dry-run", action="store_true", help="list the runs and their counts, train nothing")
+
+    b = sub.add_parser("bench", help="training/inference throughput, plain against CSG, and the data path")
+    from study import bench
+    bench.add_arguments(b)
+    return p
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_params(a) -> dict:
+    from study import accounting
+    from study.methods import BudgetError, build, get_method
+    from study.models import get_arch
+
+    method = get_method(a.method)
+    args = dict(a.arg)
+    for key in ("code_dim", "slice", "layout", "generator", "policy"):
+        if getattr(a, key) is not None:
+            if a.method != "csg":
+                raise UsageError(f"--{key.replace('_', '-')} only applies to --method csg")
+            args[key] = getattr(a, key)
+    try:
+        model, resolved = build(a.arch, a.method, args, target_params=a.target_params)
+    except BudgetError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        raise UsageError(f"{a.method}: {e}") from None
+    arch = get_arch(a.arch)
+    counts = accounting.account(model, None if a.no_flops else arch.input_size)
+    out = {"arch": a.arch, "method": a.method, **counts, "args": resolved, "budget_count": method.count,
+           "knob": method.knob, "knob_value": resolved.get(method.knob) if method.knob else None}
+    if a.target_params:
+        out["target_params"] = a.target_params
+        out["relative_error"] = counts[method.count] / a.target_params - 1
+    return out
+
+
+def cmd_evaluate_authors(a) -> dict:
+    import torch
+
+    from study import accounting
+    from study.authors import CheckpointError, evaluate, load_model
+    from study.data.cifar import load_cifar10
+
+    root = _data_root(a.data_root)
+    try:
+        model, meta = load_model(a.checkpoint, a.arch)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    data = load_cifar10(root)
+    with torch.inference_mode():
+        acc = evaluate(model, data.test_x, data.test_y)
+    return {"checkpoint": a.checkpoint, "arch": a.arch, "accuracy": acc, **meta,
+            "difference": acc - meta["stored_accuracy"], **accounting.count_parameters(model)}
+
+
+def _load_grid(a):
+    from study import grid as grid_mod
+
+    try:
+        g = grid_mod.load(a.grid)
+    except grid_mod.GridError as e:
+        raise UsageError(str(e)) from None
+    out = Path(a.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{out}: output folder is not writable ({e.strerror})") from None
+    uri = a.tracking_uri or default_uri()
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
+            raise UsageError(f"{uri}: the tracking store's folder is not writable")
+    return g, uri, out
+
+
+def _tasks_of(g) -> set[str]:
+    from study.models import get_arch
+    return {get_arch(c.arch).task for c in g.runs}
+
+
+def cmd_run(a) -> int:
+    from study import runner
+
+    g, uri, out = _load_grid(a)
+    data_root = _data_root(a.data_root) if "cifar10" in _tasks_of(g) else (a.data_root or "data")
+    if a.backend == "dask" and not a.scheduler:
+        raise UsageError("--backend dask needs --scheduler tcp://HOST:PORT")
+    if a.dry_run:
+        rows = runner.status(g, uri, out)
+        print(f"grid {g.name}: {len(rows)} runs (tracking {uri})")
+        for r in rows:
+            print(f"  {r['name']:<44} total={r['total']:>10,} stored={r['stored']:>10,} "
+                  f"nonzero={r['nonzero']:>10,}  {r['state']}")
+        return 0
+    jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads)
+    try:
+        outcomes = runner.execute(jobs, a.jobs, a.backend, a.scheduler, dict(a.slurm))
+    except KeyboardInterrupt:
+        runner.mark_killed(g, uri)
+        print("interrupted: unfinished runs are marked KILLED and resume on the next run", file=sys.stderr)
+        return 130
+    print(runner.summary_table(outcomes))
+    return 1 if any(o.status == runner.FAILED for o in outcomes) else 0
+
+
+def cmd_status(a) -> int:
+    from study import runner
+
+    g, uri, out = _load_grid(a)
+    for r in runner.status(g, uri, out):
+        print(f"{r['name']:<44} {r['state']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        a = build_parser().parse_args(argv)
+        if a.command == "params":
+            out = cmd_params(a)
+        elif a.command == "evaluate-authors":
+            out = cmd_evaluate_authors(a)
+        elif a.command == "bench":
+            from study import bench
+            out = bench.run(a)
+        elif a.command == "run":
+            return cmd_run(a)
+        else:
+            return cmd_status(a)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    if getattr(a, "json", False):
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        for k, v in out.items():
+            print(f"{k:>22}: {v:,}" if isinstance(v, int) else f"{k:>22}: {v}")
+    return 0

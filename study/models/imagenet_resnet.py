@@ -1,0 +1,49 @@
+"""ImageNet ResNets from torchvision (He et al. 2016), built without pretrained weights.
+
+The authors' ImageNet code (Implementations/Imagenet-1000/models/resnet.py in their repository)
+is torchvision's ResNet with the bottleneck 3x3 conv generated; module names are torchvision's
+(`conv1` stem, `layer{1..4}.{i}.conv{1,2,3}`, `downsample.0`, `fc`).
+
+CSG policies:
+* ResNet-50 (the authors'): the 3x3 conv of every Bottleneck (`layer*.*.conv2`).  The 7x7 stem,
+  the 1x1 convs, the 1x1 downsample convs and `fc` stay ordinary.
+* ResNet-18 (ours; the authors did not publish one): the analogous choice, every 3x3 conv inside
+  the residual blocks, i.e. both convs of each BasicBlock (`layer*.*.conv1` and `conv2`).  The 7x7
+  stem, the 1x1 downsample convs and `fc` stay ordinary.  This is the same rule as for the CIFAR
+  ResNets.
+"""
+from __future__ import annotations
+
+import re
+
+import torch.nn as nn
+from torchvision import models
+
+
+def _check_width(width: float) -> None:
+    if width != 1.0:
+        raise ValueError("width scaling is not available for torchvision's ImageNet ResNets")
+
+
+def imagenet_resnet18(num_classes: int = 1000, width: float = 1.0) -> nn.Module:
+    _check_width(width)
+    return models.resnet18(weights=None, num_classes=num_classes)
+
+
+def imagenet_resnet50(num_classes: int = 1000, width: float = 1.0) -> nn.Module:
+    _check_width(width)
+    return models.resnet50(weights=None, num_classes=num_classes)
+
+
+_BOTTLENECK_3X3 = re.compile(r"^layer[1-4]\.\d+\.conv2$")
+_BASIC_3X3 = re.compile(r"^layer[1-4]\.\d+\.conv[12]$")
+
+
+def resnet50_policy(name: str, conv: nn.Conv2d) -> bool:
+    """The authors generate the 3x3 conv of every Bottleneck."""
+    return bool(_BOTTLENECK_3X3.match(name))
+
+
+def resnet18_policy(name: str, conv: nn.Conv2d) -> bool:
+    """Every 3x3 conv inside the residual blocks (both convs of each BasicBlock)."""
+    return bool(_BASIC_3X3.match(name))

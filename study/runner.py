@@ -1,0 +1,216 @@
+"""Running a grid: skip what is finished, resume what is not, isolate failures, report a summary.
+
+Each run is one MLflow run, found again by its config hash.  `run_one` is self-contained (it takes
+plain data and opens its own tracking client), so the same function runs in-process, in joblib's
+local process pool, on a Dask cluster through joblib's Dask backend, or as a SLURM array task
+through submitit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from study import accounting, checkpoint
+from study.config import RunConfig
+from study.grid import Grid
+from study.methods import get_method
+from study.models import get_arch
+from study.tracking import Tracker, git_commit
+from study.train import train
+
+log = logging.getLogger(__name__)
+
+DONE, FAILED, KILLED, PENDING, PARTIAL = "FINISHED", "FAILED", "KILLED", "pending", "partial"
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs for one run, as plain picklable data."""
+    cfg: RunConfig
+    resolved_args: dict
+    grid: str
+    tracking_uri: str
+    data_root: str
+    checkpoint_dir: str
+    threads: int
+    retry_failed: bool = False
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    status: str           # FINISHED | FAILED | KILLED | skipped
+    reason: str = ""
+    test_acc: float | None = None
+    epochs: int = 0
+
+
+def run_one(job: Job) -> Outcome:
+    torch.set_num_threads(job.threads)
+    cfg, tracker = job.cfg, Tracker(job.tracking_uri)
+    exp = tracker.experiment(job.grid)
+    h = cfg.hash()
+    existing = tracker.find(exp, h)
+    if existing is not None and existing.info.status == DONE:
+        return Outcome(cfg.name, "skipped", "already FINISHED",
+                       existing.data.metrics.get("test_acc_at_best_val"), int(cfg.epochs))
+    if existing is not None and existing.info.status == FAILED and not job.retry_failed:
+        return Outcome(cfg.name, "skipped", f"FAILED before ({existing.data.tags.get('failure_reason', '?')}); "
+                       "use --retry-failed")
+    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if existing is None:
+        run_id = tracker.create(exp, cfg.name, {
+            "config_hash": h, "grid": job.grid, "arch": cfg.arch, "method": cfg.method,
+            "git_commit": git_commit(), "torch_version": torch.__version__, "device": _device_name(device)})
+        method = get_method(cfg.method)
+        tracker.log(run_id, params={**cfg.flat_params(), **job.resolved_args, "budget_count": method.count,
+                                    "knob": method.knob or ""})
+    else:
+        run_id = existing.info.run_id
+        tracker.set_status(run_id, "RUNNING")
+    logged = tracker.logged_steps(run_id)
+
+    def on_epoch(metrics: dict) -> None:
+        if metrics["epoch"] not in logged:
+            tracker.log(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+            logged.add(metrics["epoch"])
+
+    ckpt_dir = Path(job.checkpoint_dir) / h
+    try:
+        result = _train_logged(cfg, job, ckpt_dir, on_epoch)
+        counts = accounting.account(result.model, get_arch(cfg.arch).input_size)
+        final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()}}
+        tracker.log(run_id, final, step=cfg.epochs, tags={"precision": result.precision},
+                    params={"precision_used": result.precision})
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(accounting.compact_state_dict(result.model), Path(tmp) / "model.pt")
+            (Path(tmp) / "config.json").write_text(json.dumps(
+                {**cfg.to_dict(), "resolved_args": job.resolved_args}, indent=2, default=str))
+            tracker.log_artifacts(run_id, Path(tmp), "model")
+        tracker.set_status(run_id, DONE)
+        for old in checkpoint.candidates(ckpt_dir):  # everything now lives in MLflow
+            old.unlink(missing_ok=True)
+        return Outcome(cfg.name, DONE, "", final.get("test_acc_at_best_val"), len(result.history))
+    except KeyboardInterrupt:
+        tracker.log(run_id, tags={"failure_reason": "interrupted; resumable"})
+        tracker.set_status(run_id, KILLED)
+        raise
+    except Exception as e:  # isolate: this run fails, the grid goes on
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:480]
+        log.error("run %s failed: %s\n%s", cfg.name, reason, traceback.format_exc())
+        tracker.log(run_id, tags={"failure_reason": reason})
+        tracker.set_status(run_id, FAILED)
+        return Outcome(cfg.name, FAILED, reason)
+
+
+def _train_logged(cfg, job, ckpt_dir, on_epoch):
+    # epochs that a checkpoint holds but MLflow missed (a kill between the two) are logged first
+    state = checkpoint.load_latest(ckpt_dir)
+    for metrics in (state or {}).get("history", []):
+        on_epoch(metrics)
+    return train(cfg, job.data_root, ckpt_dir, device=job.device, on_epoch=on_epoch,
+                 resolved_args=job.resolved_args)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return "cpu"
+
+
+# -- the grid -----------------------------------------------------------------------------------
+def jobs_for(grid: Grid, tracking_uri: str, data_root: str, output_root: Path, n_jobs: int,
+             retry_failed: bool = False, threads: int | None = None) -> list[Job]:
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    ckpt = str(output_root / grid.output / "checkpoints") if grid.output else str(output_root / "checkpoints")
+    return [Job(c, grid.resolved_args[c.hash()], grid.name, tracking_uri, data_root, ckpt, threads, retry_failed)
+            for c in grid.runs]
+
+
+def execute(jobs: list[Job], n_jobs: int = 1, backend: str = "local", scheduler: str | None = None,
+            slurm: dict | None = None) -> list[Outcome]:
+    if backend == "slurm":
+        return _execute_slurm(jobs, slurm or {})
+    if n_jobs == 1 and backend == "local":
+        return [run_one(j) for j in jobs]  # in-process: Ctrl-C reaches the run directly
+    import joblib
+
+    if backend == "dask":
+        from dask.distributed import Client
+
+        with Client(scheduler) as client, joblib.parallel_config(backend="dask"):
+            n = n_jobs if n_jobs > 0 else sum(client.nthreads().values())
+            return joblib.Parallel(n_jobs=n)(joblib.delayed(run_one)(j) for j in jobs)
+    return joblib.Parallel(n_jobs=n_jobs, backend="loky")(joblib.delayed(run_one)(j) for j in jobs)
+
+
+def _execute_slurm(jobs: list[Job], slurm: dict) -> list[Outcome]:
+    import submitit
+
+    folder = slurm.pop("folder", "slurm_logs")
+    executor = submitit.AutoExecutor(folder=folder, cluster=slurm.pop("cluster", None))
+    executor.update_parameters(**slurm)
+    futures = executor.map_array(run_one, jobs)
+    return [f.result() for f in futures]
+
+
+def mark_killed(grid: Grid, tracking_uri: str) -> None:
+    """After Ctrl-C: every run of the grid still RUNNING becomes KILLED (and stays resumable)."""
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment(grid.name)
+    hashes = {c.hash() for c in grid.runs}
+    for run in tracker.runs(exp):
+        if run.info.status == "RUNNING" and run.data.tags.get("config_hash") in hashes:
+            tracker.set_status(run.info.run_id, KILLED)
+
+
+def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
+    """done / partial (epoch k of n) / failed (reason) / pending, for each run of the grid."""
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment(grid.name)
+    by_hash = {}
+    for run in tracker.runs(exp):
+        h = run.data.tags.get("config_hash")
+        if h and (h not in by_hash or run.info.status == DONE):
+            by_hash[h] = run
+    rows = []
+    ckpt_root = output_root / grid.output / "checkpoints" if grid.output else output_root / "checkpoints"
+    for cfg in grid.runs:
+        h, run = cfg.hash(), by_hash.get(cfg.hash())
+        latest = checkpoint.candidates(ckpt_root / h)
+        epoch = int(latest[0].name[5:9]) if latest else 0
+        if run is None:
+            state = PENDING if not epoch else f"{PARTIAL} (epoch {epoch} of {cfg.epochs})"
+        elif run.info.status == DONE:
+            state = "done"
+        elif run.info.status == FAILED:
+            state = f"failed ({run.data.tags.get('failure_reason', 'no reason recorded')})"
+        else:
+            steps = max(epoch, len(tracker.logged_steps(run.info.run_id)))
+            state = f"{PARTIAL} (epoch {steps} of {cfg.epochs})" if steps else PENDING
+        rows.append({"name": cfg.name, "hash": h, "state": state, **grid.counts[h]})
+    return rows
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    width = max([len(o.name) for o in outcomes] + [4])
+    lines = [f"{'run':<{width}}  {'status':<9}  {'test@bestval':>12}  note"]
+    for o in outcomes:
+        acc = f"{o.test_acc:.2f}" if o.test_acc is not None else "-"
+        lines.append(f"{o.name:<{width}}  {o.status:<9}  {acc:>12}  {o.reason}")
+    return "\n".join(lines)
+

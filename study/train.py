@@ -1,0 +1,194 @@
+"""Training and evaluation of one run: the loop, the schedules, precision, checkpoints and resume.
+
+`train(cfg, ...)` is the whole life of a run.  It is seeded; it checkpoints after every epoch (model,
+optimiser, schedule, RNG and data-order state, the method's structural changes and the metric
+history) and resumes from the newest good checkpoint, so a killed run finishes with the metrics an
+uninterrupted one would have had (bitwise on CPU at a fixed thread count; `tests/test_resume.py`).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from study import checkpoint
+from study.config import RunConfig
+from study.methods import build, get_method
+from study.models import get_arch
+from study.tasks import get_task
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# -- precision ----------------------------------------------------------------------------------
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+# -- learning-rate schedules ---------------------------------------------------------------------
+def lr_factor(cfg: RunConfig, progress: float) -> float:
+    """Multiplier of `cfg.lr` at `progress` in [0, 1] of training."""
+    if cfg.schedule == "step":  # the authors': x gamma at each milestone
+        return cfg.gamma ** sum(progress >= m for m in cfg.milestones)
+    warm = cfg.warmup_epochs / cfg.epochs
+    if progress < warm:
+        return progress / warm
+    rest = (progress - warm) / max(1e-12, 1 - warm)
+    if cfg.schedule == "onecycle":  # linear up, linear down to zero
+        return max(0.0, 1.0 - rest)
+    return 0.5 * (1 + math.cos(math.pi * rest))  # cosine
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig, steps_per_epoch: int, steps_done: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    total = cfg.epochs * steps_per_epoch
+    for group in opt.param_groups:
+        group["initial_lr"] = cfg.lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step / total),
+                                              last_epoch=steps_done - 1)
+    return opt, sched
+
+
+# -- the run ------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per finished epoch
+    summary: dict = field(default_factory=dict)
+    model: nn.Module | None = None
+    args: dict = field(default_factory=dict)
+    precision: str = "fp32"
+
+
+def summarize(history: list[dict], primary: str = "acc") -> dict:
+    """Final, best-on-validation and (labelled separately) best-on-test figures from a history."""
+    last = history[-1]
+    best_val = max(history, key=lambda h: (h[f"val_{primary}"], -h["epoch"]))
+    best_test = max(history, key=lambda h: (h[f"test_{primary}"], -h["epoch"]))
+    return {
+        f"final_test_{primary}": last[f"test_{primary}"], f"final_val_{primary}": last[f"val_{primary}"],
+        f"best_val_{primary}": best_val[f"val_{primary}"], "best_val_epoch": best_val["epoch"],
+        f"test_{primary}_at_best_val": best_val[f"test_{primary}"],
+        f"best_test_{primary}": best_test[f"test_{primary}"], "best_test_epoch": best_test["epoch"],
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+    }
+
+
+def _rng_state(loader) -> dict:
+    return {"torch": torch.get_rng_state(), "loader": loader.generator.get_state()}
+
+
+def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, device: str | None = None,
+          on_epoch: Callable[[dict], None] | None = None, resolved_args: dict | None = None) -> Result:
+    """Train `cfg` to the end (resuming from `checkpoint_dir` if it holds a good checkpoint).
+
+    `on_epoch(metrics)` is called once per finished epoch, after the epoch is checkpointed.
+    `resolved_args` are the method's arguments with any budget search already done.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    arch, method, task = get_arch(cfg.arch), get_method(cfg.method), get_task(get_arch(cfg.arch).task)
+    torch.manual_seed(cfg.seed)
+    if resolved_args is None:
+        _, resolved_args = build(cfg.arch, cfg.method, cfg.method_args, seed=cfg.seed, target_params=cfg.target_params)
+        torch.manual_seed(cfg.seed)
+    model = method.build(arch, resolved_args, seed=cfg.seed)
+    loaders = task.loaders(cfg, data_root, device)
+    precision = resolve_precision(cfg.precision, device)
+    autocast = autocast_for(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    steps_per_epoch = len(loaders.train)
+
+    history: list[dict] = []
+    start_epoch = 0
+    state = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
+    if state is not None:
+        model = method.restore(model, resolved_args, state["structure"])
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch, 0)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt, sched = make_optimizer(model, cfg, steps_per_epoch, state["epoch"] * steps_per_epoch)
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        loaders.train.generator.set_state(state["rng"]["loader"])
+        history, start_epoch = list(state["history"]), state["epoch"]
+    forward = torch.compile(model) if cfg.compile else model
+
+    for epoch in range(start_epoch, cfg.epochs):
+        changed = method.on_epoch_start(model, resolved_args, epoch, cfg.epochs)
+        if changed is not model:  # the method reshaped the network: new parameters, new optimiser
+            model = changed.to(device)
+            if cfg.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            opt, sched = make_optimizer(model, cfg, steps_per_epoch, epoch * steps_per_epoch)
+            forward = torch.compile(model) if cfg.compile else model
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for x, y in loaders.train:
+            with autocast():
+                out = forward(x)
+                loss = task.loss(out, y, cfg)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss_sum += loss.detach().float() * len(y)
+            if out.dim() == 2:  # classification; segmentation reports pixel metrics at evaluation
+                correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+        train_loss = float(loss_sum) / seen
+        if not math.isfinite(train_loss):
+            raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1}")
+        val = task.evaluate(forward, loaders.val, autocast)
+        test = task.evaluate(forward, loaders.test, autocast)
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"],
+                   **({"train_acc": 100.0 * int(correct) / seen} if out.dim() == 2 else {}),
+                   **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
+                   "epoch_seconds": time.perf_counter() - t0}
+        history.append(metrics)
+        if checkpoint_dir:
+            checkpoint.save(checkpoint_dir, epoch + 1, {
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(loaders.train),
+                "structure": method.structure(model), "history": history, "config_hash": cfg.hash()})
+        if on_epoch:
+            on_epoch(metrics)
+
+    return Result(history=history, summary=summarize(history, task.primary), model=model,
+                  args=resolved_args, precision=precision)
