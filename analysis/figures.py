@@ -66,6 +66,18 @@ def _panels(n: int, ncols: int = 3, size=(4.2, 3.4), rows_per=1, sharey=False):
     return fig, axes
 
 
+def _paired_panels(n: int, ncols: int = 4, size=(4.4, 3.2)):
+    """A figure with a (top, bottom) pair of axes per architecture, wrapped after `ncols` architectures."""
+    ncols = max(1, min(ncols, n))
+    blocks = math.ceil(n / ncols)
+    fig, axes = plt.subplots(2 * blocks, ncols, figsize=(size[0] * ncols, size[1] * 2 * blocks), squeeze=False)
+    pairs = [(axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols]) for i in range(n)]
+    for i in range(n, blocks * ncols):
+        axes[2 * (i // ncols), i % ncols].axis("off")
+        axes[2 * (i // ncols) + 1, i % ncols].axis("off")
+    return fig, pairs
+
+
 def _archs(frame: pd.DataFrame) -> list[str]:
     return sorted(frame["arch"].dropna().unique(), key=lambda a: (arch_rank(a), a))
 
@@ -151,12 +163,12 @@ def code_dim_sweep(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         d[c] = d[c].map(lambda v, default=default: default if python_value(v) is None else python_value(v)) \
             if c in d else default
     archs = _archs(d)
-    fig, axes = plt.subplots(2, len(archs), figsize=(4.4 * len(archs), 6.4), squeeze=False)
+    fig, pairs = _paired_panels(len(archs))
     gen_color = {"learned": PALETTE[0], "binary": PALETTE[1]}
     lines = sorted({(str(r["generator"]), _num(r["slice"]), str(r["layout"]), str(r["policy"]))
                     for _, r in d.iterrows()}, key=lambda t: (t[0] != "learned", t))
     slices = sorted({t[1] for t in lines})
-    for j, arch in enumerate(archs):
+    for (top, bottom), arch in zip(pairs, archs):
         da = d[d["arch"] == arch]
         for gen, sl, layout, policy in lines:
             dl = da[(da["generator"].astype(str) == gen) & (da["slice"].map(_num) == sl)
@@ -170,22 +182,22 @@ def code_dim_sweep(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
             label = f"{gen}, S{sl:g}" + ("" if layout == "contiguous" else f", {layout}") + \
                 ("" if policy == "authors" else f", policy={policy}")
             half = dl[f"{HEADLINE}_half_width"].to_numpy(float)
-            axes[0, j].errorbar(dl["code_dim_f"], dl[f"{HEADLINE}_mean"], yerr=np.nan_to_num(half), color=c,
+            top.errorbar(dl["code_dim_f"], dl[f"{HEADLINE}_mean"], yerr=np.nan_to_num(half), color=c,
                                 marker=mk, ls=ls, capsize=3, label=label)
-            axes[1, j].plot(dl["code_dim_f"], dl["params_stored"], color=c, marker=mk, ls=ls, label=f"{label} stored")
-            axes[1, j].plot(dl["code_dim_f"], dl["params_total"], color=c, marker=mk, ls="--", mfc="white", lw=0.8,
+            bottom.plot(dl["code_dim_f"], dl["params_stored"], color=c, marker=mk, ls=ls, label=f"{label} stored")
+            bottom.plot(dl["code_dim_f"], dl["params_total"], color=c, marker=mk, ls="--", mfc="white", lw=0.8,
                             label=f"{label} total")
         plain = summary[(summary["arch"] == arch) & (summary["method"] == "none")]
         if len(plain):
             p = plain.iloc[0]
-            axes[0, j].axhline(p[f"{HEADLINE}_mean"], color="grey", ls="-.", lw=1, label="plain network")
-            axes[1, j].axhline(p["params_total"], color="grey", ls="-.", lw=1, label="plain network")
-        axes[0, j].set_title(arch)
-        axes[0, j].set_ylabel("test acc. at best val. epoch (%)")
-        axes[1, j].set_ylabel("parameters")
-        axes[1, j].set_xlabel("code dimension d")
-        axes[0, j].legend(fontsize=7)
-        axes[1, j].legend(fontsize=6)
+            top.axhline(p[f"{HEADLINE}_mean"], color="grey", ls="-.", lw=1, label="plain network")
+            bottom.axhline(p["params_total"], color="grey", ls="-.", lw=1, label="plain network")
+        top.set_title(arch)
+        top.set_ylabel("test acc. at best val. epoch (%)")
+        bottom.set_ylabel("parameters")
+        bottom.set_xlabel("code dimension d")
+        top.legend(fontsize=7)
+        bottom.legend(fontsize=6)
     fig.suptitle(f"{title}\nerror bars: 95% CI over seeds; a random-binary generator is not stored")
     fig.tight_layout()
     return save(fig, out_dir, name)
@@ -207,24 +219,23 @@ def training_curves(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) ->
     if curves.empty:
         return placeholder(out_dir, name, title, "no per-epoch metrics logged for FINISHED runs")
     archs = [a for a in _archs(summary) if a in set(summary[summary["group"].isin(curves["group"])]["arch"])]
-    fig, axes = plt.subplots(2, len(archs), figsize=(4.6 * len(archs), 6.6), squeeze=False, sharex="col")
-    for j, arch in enumerate(archs):
+    fig, pairs = _paired_panels(len(archs), size=(4.6, 3.3))
+    for (top, bottom), arch in zip(pairs, archs):
         groups = summary[(summary["arch"] == arch) & summary["group"].isin(curves["group"])]
         for k, (_, g) in enumerate(groups.iterrows()):
             c = curves[curves["group"] == g["group"]]
             label = f"{g['method_label']} {g['variant']}" if g["variant"] != "-" else g["method_label"]
             label += f" (n={g['n']})"
             every = max(1, len(c) // 8)
-            for i, metric in enumerate(("val_acc", "test_acc")):
+            for ax, metric in ((top, "val_acc"), (bottom, "test_acc")):
                 if metric in c:
-                    axes[i, j].plot(c["epoch"], c[metric], color=PALETTE[k % len(PALETTE)], marker=marker(g["method"]),
-                                    markevery=every, ms=4, lw=1.1, ls=["-", "--", "-.", ":"][(k // 10) % 4],
-                                    label=label)
-        axes[0, j].set_title(arch)
-        axes[0, j].set_ylabel("validation accuracy (%)")
-        axes[1, j].set_ylabel("test accuracy (%)")
-        axes[1, j].set_xlabel("epoch")
-        axes[0, j].legend(fontsize=6)
+                    ax.plot(c["epoch"], c[metric], color=PALETTE[k % len(PALETTE)], marker=marker(g["method"]),
+                            markevery=every, ms=4, lw=1.1, ls=["-", "--", "-.", ":"][(k // 10) % 4], label=label)
+        top.set_title(arch)
+        top.set_ylabel("validation accuracy (%)")
+        bottom.set_ylabel("test accuracy (%)")
+        bottom.set_xlabel("epoch")
+        top.legend(fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, out_dir, name)

@@ -80,7 +80,7 @@ def varying_protocol(finished: pd.DataFrame, config_cols: list[str]) -> list[str
     """Config columns (other than arch, method, method args, seed) whose value differs between runs."""
     out = []
     for c in config_cols:
-        if c in NOT_IN_GROUP or c in ("arch", "method", "target_params", "milestones_raw") or c not in finished:
+        if c in NOT_IN_GROUP or c in ("arch", "method", "target_params") or c not in finished:
             continue
         if finished[c].astype(str).nunique(dropna=False) > 1:
             out.append(c)

@@ -82,7 +82,7 @@ def finals(c: dict[str, list[float]]) -> dict[str, float]:
 
 def _log(client, exp_id: str, name: str, params: dict, tags: dict, history: dict | None, final: dict | None,
          status: str, start: int):
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=name, start_time=start, tags=tags)
     rid = run.info.run_id

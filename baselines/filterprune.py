@@ -6,13 +6,16 @@ smaller; it is then fine-tuned for the rest of training.
 
 Which convs are prunable is found on the traced graph (`torch.fx`), so it works on any zoo
 architecture without knowing its block classes: a conv of `layers` (default `authors`: on CIFAR
-ResNets the 3x3 block convs) whose output runs, used by nothing else, through at most one
-BatchNorm and channel-wise activations into exactly one ungrouped conv.  Removing its filter i
-then removes channel i of that BatchNorm and input channel i of the consuming conv, and every
-other tensor keeps its shape.  On a CIFAR ResNet basic block this is conv_a -> bn_a -> relu ->
+ResNets the 3x3 block convs) whose output runs, used by nothing else, through BatchNorms,
+depthwise convs and channel-wise activations only, into exactly one ungrouped conv.  Removing its
+filter i then removes channel i of each BatchNorm and depthwise conv on the way and input channel i
+of the consuming conv, and every other tensor keeps its shape.  A conv whose output joins a
+residual sum or a concatenation is never pruned.  On a CIFAR ResNet basic block this is conv_a -> bn_a -> relu ->
 conv_b: conv_a's filters, bn_a's channels and conv_b's input channels go; conv_b's output, which
 feeds the residual sum, is untouched (Li et al.'s choice for ResNets).  On a bottleneck block both
-conv1 and conv2 qualify under `eligible`.
+conv1 and conv2 qualify under `eligible`; on MobileNetV2 the 1x1 expansion conv qualifies (through
+the depthwise conv into the projection); on DenseNet-BC only the 1x1 bottleneck conv does, under
+`eligible` (the 3x3 conv the authors generate feeds a concatenation).
 
 `ratio` is the fraction of filters removed per prunable conv.  Applied layer by layer and rounded,
 a ratio moves every same-width layer one filter at once, so the per-layer counts are apportioned
@@ -46,13 +49,17 @@ _CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_"}
 
 @dataclass(frozen=True)
 class Chain:
-    conv: str            # the conv whose output filters go
-    bn: str | None       # the BatchNorm between (its channels go)
-    consumer: str        # the conv whose input channels go
+    conv: str                  # the conv whose output filters go
+    through: tuple[str, ...]   # BatchNorms and depthwise convs in between (their channels go)
+    consumer: str              # the conv whose input channels go
+
+
+def _depthwise(m: nn.Module, channels: int) -> bool:
+    return type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels == channels
 
 
 def chains(model: nn.Module, arch, layers: str) -> list[Chain]:
-    """Every prunable conv -> [bn] -> [channel-wise ops] -> conv chain, in graph order."""
+    """Every prunable conv -> [BN / depthwise conv / channel-wise op]* -> conv chain, in graph order."""
     chosen = C.policy(arch, layers)
     try:
         graph = fx.symbolic_trace(model).graph
@@ -74,7 +81,7 @@ def chains(model: nn.Module, arch, layers: str) -> list[Chain]:
         conv = modules[node.target]
         if type(conv) is not nn.Conv2d or not chosen(node.target, conv):
             continue
-        cur, bn, consumer = node, None, None
+        cur, through, consumer = node, [], None
         while len(cur.users) == 1:
             nxt = next(iter(cur.users))
             if not nxt.args or nxt.args[0] is not cur or any(a is cur for a in list(nxt.args[1:]) +
@@ -82,12 +89,14 @@ def chains(model: nn.Module, arch, layers: str) -> list[Chain]:
                 break
             if nxt.op == "call_module":
                 m = modules[nxt.target]
-                if not called_once(nxt):
-                    break
-                if type(m) is nn.BatchNorm2d and bn is None and m.num_features == conv.out_channels:
-                    bn = nxt.target
-                elif isinstance(m, _CHANNELWISE_MODULES):
+                if isinstance(m, _CHANNELWISE_MODULES):  # stateless: may be shared (torchvision's relu)
                     pass
+                elif not called_once(nxt):
+                    break
+                elif type(m) is nn.BatchNorm2d and m.num_features == conv.out_channels:
+                    through.append(nxt.target)
+                elif _depthwise(m, conv.out_channels):
+                    through.append(nxt.target)
                 elif type(m) is nn.Conv2d and m.groups == 1 and m.in_channels == conv.out_channels:
                     consumer = nxt.target
                     break
@@ -101,7 +110,7 @@ def chains(model: nn.Module, arch, layers: str) -> list[Chain]:
                 break
             cur = nxt
         if consumer is not None:
-            found.append(Chain(node.target, bn, consumer))
+            found.append(Chain(node.target, tuple(through), consumer))
     return found
 
 
@@ -115,22 +124,33 @@ def per_filter_params(model: nn.Module, chain: Chain) -> int:
     conv, consumer = model.get_submodule(chain.conv), model.get_submodule(chain.consumer)
     n = conv.weight[0].numel() + (1 if conv.bias is not None else 0)
     n += consumer.weight[:, 0].numel()
-    if chain.bn is not None and model.get_submodule(chain.bn).affine:
-        n += 2
+    for name in chain.through:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.BatchNorm2d):
+            n += 2 if m.affine else 0
+        else:
+            n += m.weight[0].numel() + (1 if m.bias is not None else 0)
     return n
 
 
 # -- surgery ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def shrink_conv(conv: nn.Conv2d, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None):
+    """A copy of `conv` with only the output filters `out_keep` and input channels `in_keep`
+    (a depthwise conv keeps channels `out_keep` on both sides)."""
     weight, bias = conv.weight, conv.bias
+    depthwise = conv.groups > 1
+    if depthwise and (in_keep is not None or conv.groups != conv.in_channels or conv.groups != conv.out_channels):
+        raise ValueError("shrink_conv: only depthwise convs with one filter per channel can lose channels")
     if out_keep is not None:
         weight = weight[out_keep]
         bias = bias[out_keep] if bias is not None else None
     if in_keep is not None:
         weight = weight[:, in_keep]
-    new = nn.Conv2d(weight.shape[1], weight.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                    dilation=conv.dilation, groups=1, bias=bias is not None, padding_mode=conv.padding_mode)
+    channels = weight.shape[0]
+    new = nn.Conv2d(channels if depthwise else weight.shape[1], channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=channels if depthwise else 1,
+                    bias=bias is not None, padding_mode=conv.padding_mode)
     new = C.like(new, conv.weight)
     new.weight.copy_(weight)
     if bias is not None:
@@ -160,8 +180,9 @@ def apply_keep(model: nn.Module, chain: Chain, keep: list[int]) -> None:
     conv = model.get_submodule(chain.conv)
     idx = torch.as_tensor(sorted(keep), dtype=torch.long, device=conv.weight.device)
     C.set_submodule(model, chain.conv, shrink_conv(conv, out_keep=idx))
-    if chain.bn is not None:
-        C.set_submodule(model, chain.bn, shrink_bn(model.get_submodule(chain.bn), idx))
+    for name in chain.through:
+        m = model.get_submodule(name)
+        C.set_submodule(model, name, shrink_bn(m, idx) if isinstance(m, nn.BatchNorm2d) else shrink_conv(m, idx))
     C.set_submodule(model, chain.consumer, shrink_conv(model.get_submodule(chain.consumer), in_keep=idx))
 
 
@@ -190,8 +211,10 @@ class FilterPrune(Method):
     def plan(self, model, arch, args) -> list[tuple[Chain, int]]:
         found = chains(model, arch, args["layers"])
         if not found:
-            raise ValueError(f"filterprune: {arch.name} has no conv -> [bn] -> conv chain among its "
-                             f"{args['layers']} layers whose filters can be removed")
+            hint = " (try layers: eligible)" if args["layers"] == "authors" else ""
+            raise ValueError(f"filterprune: none of {arch.name}'s {args['layers']} convs feeds, through only "
+                             f"BatchNorm, depthwise convs and channel-wise ops, a single conv, so no filter can be "
+                             f"removed without reshaping other layers{hint}")
         return list(zip(found, removals(model, found, float(args["ratio"]))))
 
     @staticmethod

@@ -1,9 +1,11 @@
-"""Unstructured global magnitude pruning (`--method prune`), through `torch.nn.utils.prune`.
+"""Unstructured global magnitude pruning (`--method prune`), with `torch.nn.utils.prune` masks.
 
 Pruned layers: the convs of `layers` (default `authors`: the convs CSG converts; on CIFAR ResNets
 every 3x3 conv inside the residual blocks; `eligible`: every ungrouped conv but the stem), plus
 every `nn.Linear` (the classifier) when `linear: true`.  The stem is never pruned.  One global L1
-threshold is taken over all pruned weights together (`global_unstructured` + `L1Unstructured`).
+threshold is taken over all pruned weights together: the semantics of `prune.global_unstructured`
+with `L1Unstructured`, computed here (see `apply` for why) on top of `prune.identity`, so the model
+carries torch's usual `weight_orig`/`weight_mask` and forward pre-hook.
 
 Schedules (`epoch` is 0-based and `on_epoch_start` runs before each epoch):
   oneshot  train dense until epoch round(prune_at * epochs), prune to `sparsity` there, fine-tune
@@ -120,11 +122,26 @@ class MagnitudePrune(Method):
         extra = round(sparsity * total) - already
         if extra <= 0:
             return model
-        # importance from the live weights (the `weight` attribute can be stale after a step or a load)
-        scores = {(m, "weight"): (m.weight_orig * m.weight_mask if is_pruned(m) else m.weight).detach()
-                  for m in targets}
-        tprune.global_unstructured([(m, "weight") for m in targets], pruning_method=tprune.L1Unstructured,
-                                   importance_scores=scores, amount=int(extra))
+        # global_unstructured + L1Unstructured, computed here: among the weights not yet pruned, the
+        # `extra` smallest magnitudes over all pruned layers go.  Theirs cannot flatten channels-last
+        # weights, and each call leaves a full copy of every mask in the module's hook, which gradual
+        # pruning would pile up epoch after epoch; here `prune.identity` installs torch's machinery
+        # (`weight_orig`, the `weight_mask` buffer, the forward pre-hook) once and the mask buffer is
+        # narrowed in place.
+        live = [(m.weight_orig * m.weight_mask if is_pruned(m) else m.weight).detach() for m in targets]
+        masks = [(m.weight_mask if is_pruned(m) else torch.ones_like(w)).detach() for m, w in zip(targets, live)]
+        flat_scores = torch.cat([w.abs().reshape(-1) for w in live]).float()
+        flat_mask = torch.cat([k.reshape(-1) for k in masks]).float()
+        flat_scores[flat_mask == 0] = float("inf")  # already pruned: never chosen again
+        flat_mask[torch.topk(flat_scores, int(extra), largest=False).indices] = 0
+        start = 0
+        for m, w in zip(targets, live):
+            new_mask = flat_mask[start:start + w.numel()].reshape(w.shape)
+            start += w.numel()
+            if not is_pruned(m):
+                tprune.identity(m, "weight")
+            m.weight_mask.mul_(new_mask.to(m.weight_mask.dtype))
+            _refresh(m)
         for m in targets:
             _track(m)
         return model

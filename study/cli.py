@@ -186,9 +186,6 @@ def cmd_run(a) -> int:
     from study import runner
 
     g, uri, out = _load_grid(a)
-    data_root = _data_root(a.data_root) if "cifar10" in _tasks_of(g) else (a.data_root or "data")
-    if a.backend == "dask" and not a.scheduler:
-        raise UsageError("--backend dask needs --scheduler tcp://HOST:PORT")
     if a.dry_run:
         rows = runner.status(g, uri, out)
         print(f"grid {g.name}: {len(rows)} runs (tracking {uri})")
@@ -196,6 +193,9 @@ def cmd_run(a) -> int:
             print(f"  {r['name']:<44} total={r['total']:>10,} stored={r['stored']:>10,} "
                   f"nonzero={r['nonzero']:>10,}  {r['state']}")
         return 0
+    data_root = _data_root(a.data_root) if "cifar10" in _tasks_of(g) else (a.data_root or "data")
+    if a.backend == "dask" and not a.scheduler:
+        raise UsageError("--backend dask needs --scheduler tcp://HOST:PORT")
     jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads)
     try:
         outcomes = runner.execute(jobs, a.jobs, a.backend, a.scheduler, dict(a.slurm))

@@ -139,8 +139,12 @@ class SliceGenerator(nn.Module):
     def _key(self):
         dtype = torch.get_autocast_dtype(self.weight.device.type) if torch.is_autocast_enabled(
             self.weight.device.type) else None
-        return (self.weight._version, self.weight.device, torch.is_grad_enabled(), dtype,
-                tuple((id(layer.code), layer.code._version) for layer in self._layers))
+        # `_version` catches in-place updates (optimiser steps, load_state_dict); the storage pointer
+        # and dtype catch conversions that swap a parameter's data (`model.half()`, `.double()`, `.to()`).
+        def ident(t):
+            return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
+        return (ident(self.weight), torch.is_grad_enabled(), dtype,
+                tuple(ident(layer.code) for layer in self._layers))
 
     def kernel_for(self, layer: "GeneratedConv2d") -> torch.Tensor:
         key = self._key()

@@ -171,9 +171,9 @@ def _execute_slurm(jobs: list[Job], slurm: dict) -> list[Outcome]:
 def mark_killed(grid: Grid, tracking_uri: str) -> None:
     """After Ctrl-C: every run of the grid still RUNNING becomes KILLED (and stays resumable)."""
     tracker = Tracker(tracking_uri)
-    exp = tracker.experiment(grid.name)
+    exp = tracker.existing_experiment(grid.name)
     hashes = {c.hash() for c in grid.runs}
-    for run in tracker.runs(exp):
+    for run in tracker.runs(exp) if exp else []:
         if run.info.status == "RUNNING" and run.data.tags.get("config_hash") in hashes:
             tracker.set_status(run.info.run_id, KILLED)
 
@@ -181,9 +181,9 @@ def mark_killed(grid: Grid, tracking_uri: str) -> None:
 def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
     """done / partial (epoch k of n) / failed (reason) / pending, for each run of the grid."""
     tracker = Tracker(tracking_uri)
-    exp = tracker.experiment(grid.name)
+    exp = tracker.existing_experiment(grid.name)
     by_hash = {}
-    for run in tracker.runs(exp):
+    for run in tracker.runs(exp) if exp else []:
         h = run.data.tags.get("config_hash")
         if h and (h not in by_hash or run.info.status == DONE):
             by_hash[h] = run

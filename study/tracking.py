@@ -58,6 +58,11 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
 
     @_retry
+    def existing_experiment(self, name: str) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp is not None else None
+
+    @_retry
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:

@@ -116,6 +116,26 @@ def test_prune_masks_survive_sgd_and_checkpoint():
         assert torch.all(w[before[n] == 0] == 0), n
 
 
+def test_prune_resume_keeps_the_optimiser_state_aligned():
+    """`weight_orig` takes `weight`'s place, so a resumed optimiser (built after restore) matches."""
+    m = method("prune")
+    args = m.args({"sparsity": 0.5, "mode": "oneshot", "prune_at": 0.5, "linear": True})
+    model = m.build(ARCH, args)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # built before pruning, as the trainer does
+    for epoch in range(2):
+        assert m.on_epoch_start(model, args, epoch, 2) is model
+        nn.functional.cross_entropy(model(x_batch()), torch.arange(2)).backward()
+        opt.step()
+    assert "classifier" in m.structure(model)["pruned"]
+    fresh = m.restore(m.build(ARCH, args), args, m.structure(model))
+    fresh.load_state_dict(roundtrip(model), strict=True)
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(opt.state_dict())
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert p.shape == q.shape
+        assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[q]["momentum_buffer"])
+
+
 def test_prune_gradual_follows_agp_and_masks_only_grow():
     m = method("prune")
     args = m.args({"sparsity": 0.8, "mode": "gradual", "start": 0.2, "end": 0.6})
@@ -124,7 +144,7 @@ def test_prune_gradual_follows_agp_and_masks_only_grow():
     assert s[:3] == [0.0, 0.0, 0.0] and s[6:] == [0.8] * 4
     assert all(a < b for a, b in zip(s[2:7], s[3:7]))
     assert s[3] == pytest.approx(0.8 * (1 - (1 - 1 / 4) ** 3))
-    model, previous = randomise_(m.build(ARCH, args)), None
+    model, previous = randomise_(m.build(ARCH, args)).to(memory_format=torch.channels_last), None
     for e in range(epochs):
         model = m.on_epoch_start(model, args, e, epochs)
         masks = torch.cat([k.flatten() for k in
@@ -141,38 +161,46 @@ def test_prune_gradual_follows_agp_and_masks_only_grow():
 
 
 # -- filterprune -----------------------------------------------------------------------------------
-def test_filterprune_matches_zeroed_filters_and_restores():
-    m = method("filterprune")
+@pytest.mark.parametrize("arch_name", ["resnet20", "mobilenetv2"])
+def test_filterprune_matches_zeroed_filters_and_restores(arch_name):
+    m, arch = method("filterprune"), get_arch(arch_name)
     args = m.args({"ratio": 0.5, "prune_at": 0.5})
-    dense = randomise_(m.build(ARCH, args))
+    dense = randomise_(m.build(arch, args))
     masked = copy.deepcopy(dense)
-    expected = m.counted(dense, ARCH, args)
+    found = {c.conv: c for c in FP.chains(dense, arch, "authors")}
+    expected = m.counted(dense, arch, args)
     pruned = m.on_epoch_start(dense, args, 5, 10)
     assert pruned is not dense and m.on_epoch_start(pruned, args, 6, 10) is pruned
     total = accounting.count_parameters(pruned)["total"]
-    assert total < accounting.count_parameters(dense)["total"] and total == expected == m.counted(pruned, ARCH, args)
+    assert total < accounting.count_parameters(dense)["total"] and total == expected == m.counted(pruned, arch, args)
 
     kept = m.structure(pruned)["kept"]
-    assert len(kept) == 9 and all(n.endswith("conv_a") for n in kept)  # conv_a of every basic block
+    if arch_name == "resnet20":  # conv_a of every basic block, through bn_a into conv_b
+        assert set(kept) == {f"stage_{s}.{b}.conv_a" for s in (1, 2, 3) for b in range(3)}
+        assert all(found[n].through == (n.replace("conv_a", "bn_a"),) for n in kept)
+    else:  # every expansion conv, through bn1, the depthwise conv2 and bn2, into the projection conv3
+        assert len(kept) == 17 and all(len(found[n].through) == 3 for n in kept)
     with torch.no_grad():
         for name, keep in kept.items():
             conv = masked.get_submodule(name)
-            bn = masked.get_submodule(name.replace("conv_a", "bn_a"))
             gone = sorted(set(range(conv.out_channels)) - set(keep))
             assert len(gone) == conv.out_channels // 2
-            # the removed filters are those with the smallest L1 norms
-            norms = conv.weight.abs().sum((1, 2, 3))
+            norms = conv.weight.abs().sum((1, 2, 3))  # the removed filters have the smallest L1 norms
             assert norms[gone].max() <= norms[keep].min()
             conv.weight[gone] = 0
-            bn.weight[gone] = 0
-            bn.bias[gone] = 0
+            for through in found[name].through:
+                mod = masked.get_submodule(through)
+                if isinstance(mod, nn.BatchNorm2d):
+                    mod.weight[gone] = 0
+                    mod.bias[gone] = 0
             assert pruned.get_submodule(name).out_channels == len(keep)
+            assert pruned.get_submodule(found[name].consumer).in_channels == len(keep)
     pruned.eval(), masked.eval(), dense.eval()
     x = x_batch()
     assert torch.allclose(pruned(x), masked(x), atol=1e-5)
     assert not torch.allclose(pruned(x), dense(x), atol=1e-3)  # the comparison can tell them apart
 
-    fresh = m.restore(m.build(ARCH, args), args, m.structure(pruned))
+    fresh = m.restore(m.build(arch, args), args, m.structure(pruned))
     fresh.load_state_dict(roundtrip(pruned), strict=True)
     fresh.eval()
     assert torch.allclose(fresh(x), pruned(x), atol=1e-6)

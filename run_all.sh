@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job: set up .venv, train the grid of $PROFILE (smoke | quick | paper; default quick),
+# log every run to MLflow, and regenerate results/ from the store.  Re-running resumes.
+set -uo pipefail
+cd "$(dirname "$0")"
+PROFILE="${PROFILE:-quick}"
+if [ ! -f "configs/$PROFILE.yaml" ]; then
+  echo "run_all.sh: unknown PROFILE '$PROFILE'; choose one of: $(cd configs && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+  exit 2
+fi
+source .ci/venv.sh || exit 1
+
+# Data: $STUDY_DATA_ROOT, else a shared offline copy beside the project, else ./data (downloaded).
+if [ -z "${STUDY_DATA_ROOT:-}" ]; then
+  if [ -d ../shared/data/cifar-10-batches-bin ]; then STUDY_DATA_ROOT="$(cd ../shared/data && pwd)"
+  else
+    STUDY_DATA_ROOT="$PWD/data"
+    [ -d data/cifar-10-batches-py ] || python -c "from torchvision.datasets import CIFAR10; CIFAR10('data', download=True)"
+  fi
+fi
+export STUDY_DATA_ROOT
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
+
+python -m study run "configs/$PROFILE.yaml" --jobs "${JOBS:-1}"
+grid_status=$?
+[ $grid_status = 2 ] && exit 2   # bad input: nothing ran
+python -m analysis report --experiment "$PROFILE" --out results || exit $?
+
+cat <<MSG
+
+Results:   $PWD/results/REPORT.md  (figures in results/figures, tables in results/tables)
+MLflow UI: python -m analysis ui    (then open http://127.0.0.1:5000)
+MSG
+exit $grid_status

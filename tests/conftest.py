@@ -1,0 +1,93 @@
+"""Shared fixtures: where the real data and the authors' checkpoints are, and a throwaway MLflow store.
+
+Data and checkpoints are looked up in `STUDY_DATA_ROOT` (default `<repo>/../shared/data`) and
+`STUDY_AUTHORS_DIR` (default `<repo>/../shared/pretrained/authors`).  When they are missing a test
+that needs them is skipped with the reason, except under CI (`CI` set), where it fails instead:
+CI must never pass by skipping the real-data tests.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Two cores are shared with other workers: keep every test process (and the `python -m study ...`
+# subprocesses the tests start) to two threads.  On a loaded machine OpenMP's default spin-waiting
+# makes two threads ~100x slower than one on small convolutions; a passive wait policy avoids that.
+# Both must be in the environment before torch (and its OpenMP runtime) is first imported.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+torch.set_num_threads(2)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def need(ok: bool, why: str) -> None:
+    """Skip (or, under CI, fail) when a precondition of a test does not hold."""
+    if ok:
+        return
+    if in_ci():
+        pytest.fail(f"{why} (required under CI)")
+    pytest.skip(why)
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("STUDY_DATA_ROOT") or REPO.parent / "shared" / "data")
+
+
+def _authors_dir() -> Path:
+    return Path(os.environ.get("STUDY_AUTHORS_DIR") or REPO.parent / "shared" / "pretrained" / "authors")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    need((root / "cifar-10-batches-bin").is_dir() or (root / "cifar-10-batches-py").is_dir(),
+         f"CIFAR-10 not found under {root} (set STUDY_DATA_ROOT to a folder holding "
+         "cifar-10-batches-bin/ or cifar-10-batches-py/)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar(data_root):
+    from study.data.cifar import load_cifar10
+
+    return load_cifar10(data_root)
+
+
+@pytest.fixture(scope="session")
+def authors_dir() -> Path:
+    d = _authors_dir()
+    need((d / "RN56_ORG.t7").is_file() and (d / "RN56_1616-128.t7").is_file(),
+         f"the authors' checkpoints are not in {d} (set STUDY_AUTHORS_DIR)")
+    return d
+
+
+@pytest.fixture
+def tmp_store(tmp_path) -> str:
+    """A fresh embedded MLflow store (SQLite file) in the test's temporary folder."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m study ARGS` in a subprocess from the repo root, as a user would type it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([PYTHON, "-m", "study", *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli("params", "--arch", ...)` runs `python -m study ...` and returns the CompletedProcess."""
+    return run_cli
