@@ -76,10 +76,12 @@ def _range(vals: list) -> str:
 def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
     """How our protocol departs from the paper's, read from the runs' own params and metrics."""
     fin = runs.finished
+    if fin.empty:
+        return ["No run FINISHED, so there is no protocol of ours to set beside the authors' yet."]
     out = []
     curves = reference.authors_curves()
     a_epochs = curves.groupby("run")["epoch"].max()
-    epochs = _values(fin, "epochs")
+    epochs = [v for v in _values(fin, "epochs") if v is not None]
     done = [int(v) for v in fin["epochs_completed"].dropna()] if "epochs_completed" in fin else []
     out.append(
         f"**Training length.** Our FINISHED runs were configured for {_fmt_values(epochs) or 'an unknown number of'} "
@@ -88,7 +90,7 @@ def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
         f"{int(a_epochs.min())}–{int(a_epochs.max())} epochs). "
         + ("Shorter training lowers accuracy for every method, so compare methods within this report and read the "
            "authors' numbers as a ceiling, not a target." if epochs and max(epochs) < 150 else
-           "The training length is comparable to theirs."))
+           "The training length is comparable to theirs." if epochs else ""))
     val = _values(fin, "val_size")
     sel = (f"**Model selection.** We hold out {_fmt_values(val)} training image(s) as a validation split, select "
            f"the epoch with the best validation accuracy and report the test accuracy at that epoch (the headline), "

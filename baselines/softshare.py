@@ -39,12 +39,20 @@ MAX_ENUMERATION = 200_000
 
 
 class TemplateBank(nn.Module):
-    def __init__(self, templates: int, shape: tuple[int, ...], std: float, device=None, dtype=None):
+    """`count` template kernels of one shape [C_out, C_in, kh, kw], stored stacked along the output
+    channels as one 4-D tensor [count * C_out, C_in, kh, kw], so the model can be made channels-last."""
+
+    def __init__(self, count: int, shape: tuple[int, ...], std: float, device=None, dtype=None):
         super().__init__()
-        self.templates = nn.Parameter(torch.randn(templates, *shape, device=device, dtype=dtype) * std)
+        self.count, self.shape = count, tuple(shape)
+        self.templates = nn.Parameter(torch.randn(count * shape[0], *shape[1:], device=device, dtype=dtype) * std)
+
+    def stacked(self) -> torch.Tensor:
+        """[count, C_out, C_in, kh, kw], a view whatever the memory format."""
+        return self.templates.unflatten(0, (self.count, self.shape[0]))
 
     def extra_repr(self):
-        return f"templates={self.templates.shape[0]}, shape={tuple(self.templates.shape[1:])}"
+        return f"templates={self.count}, shape={self.shape}"
 
 
 class SharedConv2d(nn.Module):
@@ -61,7 +69,7 @@ class SharedConv2d(nn.Module):
         object.__setattr__(self, "bank", bank)
 
     def kernel(self) -> torch.Tensor:
-        return torch.tensordot(self.coefficients, self.bank.templates, dims=1)
+        return torch.tensordot(self.coefficients, self.bank.stacked(), dims=1)
 
     def forward(self, x):
         return F.conv2d(x, self.kernel(), self.bias, self.stride, self.padding, self.dilation)

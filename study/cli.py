@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from study.tracking import PROJECT, default_uri
+from study.tracking import PROJECT, Tracker, default_uri
 
 
 class UsageError(Exception):
@@ -196,6 +196,7 @@ def cmd_run(a) -> int:
     data_root = _data_root(a.data_root) if "cifar10" in _tasks_of(g) else (a.data_root or "data")
     if a.backend == "dask" and not a.scheduler:
         raise UsageError("--backend dask needs --scheduler tcp://HOST:PORT")
+    Tracker(uri).experiment(g.name)  # create store and experiment once, before workers race to
     jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads)
     try:
         outcomes = runner.execute(jobs, a.jobs, a.backend, a.scheduler, dict(a.slurm))

@@ -109,6 +109,7 @@ class SliceGenerator(nn.Module):
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_key = None
         self._served: set[int] = set()
+        self._memory_format = torch.contiguous_format
 
     # -- registration -------------------------------------------------------------------------
     def attach(self, layer: "GeneratedConv2d") -> None:
@@ -124,17 +125,17 @@ class SliceGenerator(nn.Module):
         self._cache, self._cache_key, self._served = {}, None, set()
 
     # -- generation ---------------------------------------------------------------------------
-    def generate_all(self) -> list[torch.Tensor]:
-        """Every attached layer's kernel from a single matrix product."""
+    def generate_all(self, memory_format: torch.memory_format | None = None) -> list[torch.Tensor]:
+        """Every attached layer's kernel from a single matrix product, dense in `memory_format`
+        (default: the format the last forward pass asked for, initially `torch.contiguous_format`)."""
+        memory_format = memory_format or getattr(self, "_memory_format", torch.contiguous_format)
         layers = self._layers
         codes = torch.cat([layer.code for layer in layers]) if len(layers) > 1 else layers[0].code
         flat = F.linear(codes, self.weight)
-        kernels, start = [], 0
-        for layer in layers:
-            stop = start + layer.code.shape[0]
-            kernels.append(layer.assemble(flat[start:stop]))
-            start = stop
-        return kernels
+        # One split node, not a slice per layer: the backward of `flat[start:stop]` writes each
+        # layer's gradient into a zero tensor of the whole product's size and sums them all.
+        parts = flat.split([layer.code.shape[0] for layer in layers]) if len(layers) > 1 else (flat,)
+        return [layer.assemble(part, memory_format) for layer, part in zip(layers, parts)]
 
     def _key(self):
         dtype = torch.get_autocast_dtype(self.weight.device.type) if torch.is_autocast_enabled(
@@ -146,17 +147,22 @@ class SliceGenerator(nn.Module):
         return (ident(self.weight), torch.is_grad_enabled(), dtype,
                 tuple(ident(layer.code) for layer in self._layers))
 
-    def kernel_for(self, layer: "GeneratedConv2d") -> torch.Tensor:
+    def kernel_for(self, layer: "GeneratedConv2d",
+                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """`layer`'s kernel, dense in `memory_format` (a conv with channels_last input takes a
+        channels_last kernel without converting it).  The whole batch is generated in the format
+        of the layer that asks first; a layer asking for another format gets a converted copy."""
         key = self._key()
         i = layer.generator_index
         stale = key != self._cache_key or i not in self._cache
         if not stale and torch.is_grad_enabled() and i in self._served:
             stale = True  # a new forward pass: the old graph may already be freed
         if stale:
+            self._memory_format = memory_format
             self._cache = dict(enumerate(self.generate_all()))
             self._cache_key, self._served = key, set()
         self._served.add(i)
-        return self._cache[i]
+        return self._cache[i].contiguous(memory_format=memory_format)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -197,17 +203,21 @@ class GeneratedConv2d(nn.Module):
         object.__setattr__(self, "generator", generator)
         generator.attach(self)
 
-    def assemble(self, slices: torch.Tensor) -> torch.Tensor:
+    def assemble(self, slices: torch.Tensor,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
         spec = self.generator.spec
         kernel = assemble(slices, self.out_channels, self.in_channels, spec.slice, spec.kernel_size, spec.layout)
         # The crop leaves a strided view; hand the convolution a dense kernel in its own layout.
-        return kernel.contiguous()
+        return kernel.contiguous(memory_format=memory_format)
 
-    def kernel(self) -> torch.Tensor:
-        return self.generator.kernel_for(self)
+    def kernel(self, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        return self.generator.kernel_for(self, memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.kernel(), self.bias, self.stride, self.padding, self.dilation)
+        # a channels_last input gets a channels_last kernel: oneDNN then needs no reorder of its own
+        fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+               and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        return F.conv2d(x, self.kernel(fmt), self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

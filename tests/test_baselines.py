@@ -311,13 +311,13 @@ def test_softshare_groups_and_kernels():
     m = method("softshare")
     args = m.args({"templates": [2, 3, 4]})
     model = m.build(ARCH, args)
-    shapes = [tuple(b.templates.shape) for b in model.softshare_banks]
+    shapes = [tuple(b.stacked().shape) for b in model.softshare_banks]
     assert shapes == [(2, 16, 16, 3, 3), (3, 32, 32, 3, 3), (4, 64, 64, 3, 3)]
     # the stride-2 convs opening stages 2 and 3 keep their own weights
     assert type(model.stage_2[0].conv_a) is nn.Conv2d and type(model.stage_3[0].conv_a) is nn.Conv2d
     layer = model.stage_2[1].conv_a
     assert isinstance(layer, SS.SharedConv2d) and layer.bank is model.softshare_banks[1]
-    expected = sum(a * t for a, t in zip(layer.coefficients, model.softshare_banks[1].templates))
+    expected = sum(a * t for a, t in zip(layer.coefficients, model.softshare_banks[1].stacked()))
     assert torch.allclose(layer.kernel(), expected, atol=1e-6)
     rest = 269_722 - 6 * 2304 - 5 * 9216 - 5 * 36864
     assert accounting.count_parameters(model)["total"] == rest + 2 * (2304 + 6) + 3 * (9216 + 5) + 4 * (36864 + 5)
@@ -368,7 +368,7 @@ def test_unreachable_target_names_smallest_reachable_count(name):
 def test_gradients_reach_every_trainable_parameter(name):
     m = method(name)
     args = m.args({})
-    model = final_model(name, args)
+    model = final_model(name, args).to(memory_format=torch.channels_last)  # as the trainer does
     model.train()
     nn.functional.cross_entropy(model(x_batch(2)), torch.arange(2)).backward()
     for pname, p in model.named_parameters():

@@ -78,6 +78,19 @@ def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].astype(np.int64)
 
 
+def _read_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of the python version: a pickled dict with `data` ([N, 3072] uint8, R, G then B
+    planes, row-major) and `labels`.  Read here rather than through torchvision's `CIFAR10`, which
+    re-checks the md5 sums itself and so would ignore `check_md5=False`."""
+    import pickle
+
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return data, np.asarray(entry["labels"], dtype=np.int64)
+
+
 @dataclass
 class Cifar10:
     train_x: torch.Tensor  # [50000, 3, 32, 32] uint8
@@ -93,10 +106,11 @@ def load_cifar10(root: str | os.PathLike | None = None, check_md5: bool = True) 
         train_x = np.concatenate([p[0] for p in parts[:5]])
         train_y = np.concatenate([p[1] for p in parts[:5]])
         test_x, test_y = parts[5]
-    else:  # torchvision reads its own format (HWC); bring it to the same CHW arrays
-        train, test = (CIFAR10(str(base.parent), train=t, download=False) for t in (True, False))
-        train_x, test_x = (d.data.transpose(0, 3, 1, 2) for d in (train, test))
-        train_y, test_y = (np.asarray(d.targets, np.int64) for d in (train, test))
+    else:
+        parts = [_read_py(base / name) for name, _ in CIFAR10.train_list + CIFAR10.test_list]
+        train_x = np.concatenate([p[0] for p in parts[:5]])
+        train_y = np.concatenate([p[1] for p in parts[:5]])
+        test_x, test_y = parts[5]
     return Cifar10(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (train_x, train_y, test_x, test_y)))
 
 
@@ -104,18 +118,18 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     """Seeded split with every class in the same proportion on both sides; returns (train, val) indices."""
     rng = np.random.default_rng(seed)
     labels = labels.numpy()
-    classes = np.unique(labels)
-    val = []
-    for c in classes:
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        val.append(idx[: round(val_size * len(idx) / len(labels))])
-    val = np.concatenate(val)
-    # rounding per class can miss by a few; fix up from a seeded shuffle of the remainder
-    rest = rng.permutation(np.setdiff1d(np.arange(len(labels)), val))
-    if len(val) < val_size:
-        val, rest = np.concatenate([val, rest[: val_size - len(val)]]), rest[val_size - len(val):]
-    elif len(val) > val_size:
-        rest, val = np.concatenate([rest, val[val_size:]]), val[:val_size]
+    classes, counts = np.unique(labels, return_counts=True)
+    perms = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    # largest-remainder apportionment: each class gets floor or ceil of its exact share, and the
+    # shares add up to val_size exactly (ties between equal remainders broken by the seeded rng)
+    quota = val_size * counts / len(labels)
+    take = np.floor(quota).astype(np.int64)
+    short = int(val_size - take.sum())
+    if short > 0:
+        order = np.lexsort((rng.random(len(classes)), -(quota - take)))
+        take[order[:short]] += 1
+    val = np.concatenate([p[:t] for p, t in zip(perms, take)])
+    rest = np.setdiff1d(np.arange(len(labels)), val)
     return torch.from_numpy(np.sort(rest)), torch.from_numpy(np.sort(val))
 
 
