@@ -126,12 +126,15 @@ def cmd_params(a) -> dict:
     except ValueError as e:
         raise UsageError(f"{a.method}: {e}") from None
     arch = get_arch(a.arch)
+    model = method.final_model(model, resolved)
     counts = accounting.account(model, None if a.no_flops else arch.input_size)
+    budget = method.counted(model, arch, resolved)
     out = {"arch": a.arch, "method": a.method, **counts, "args": resolved, "budget_count": method.count,
-           "knob": method.knob, "knob_value": resolved.get(method.knob) if method.knob else None}
+           "budget_value": budget, "knob": method.knob,
+           "knob_value": resolved.get(method.knob) if method.knob else None}
     if a.target_params:
         out["target_params"] = a.target_params
-        out["relative_error"] = counts[method.count] / a.target_params - 1
+        out["relative_error"] = budget / a.target_params - 1
     return out
 
 

@@ -154,7 +154,7 @@ def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
                              f"got {target!r}")
         cfg = RunConfig.from_dict({**run, "method_args": method_args})
         model, args = build(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params)
-        count = accounting.count_parameters(model)
+        count = accounting.count_parameters(method.final_model(model, args))
     except (BudgetError, ValueError, TypeError) as e:
         raise GridError(f"{_where(path, where)} ({run['name']}): {str(e).splitlines()[0]}") from None
     return cfg, args, count

@@ -43,6 +43,12 @@ class Method:
         """Called before each epoch; may return a different model (the trainer rebuilds its optimiser)."""
         return model
 
+    def final_model(self, model: nn.Module, args: dict) -> nn.Module:
+        """The network as training will end it (pruned, decomposed): what counts are reported on.
+
+        Running the schedule's last step at once: epoch 0 of a one-epoch schedule is the last one."""
+        return self.on_epoch_start(model, args, 0, 1)
+
     def structure(self, model: nn.Module) -> dict:
         """JSON-able description of any structural change made during training, for checkpoints."""
         return {}
