@@ -1,9 +1,552 @@
-"""Benchmarks (filled in below)."""
+"""`python -m study bench`: how fast the harness trains and evaluates, CSG against plain, on this machine.
+
+Three measurements, all in one process except the memory probes:
+
+1. **Throughput** (images/s), training steps and evaluation batches, for each architecture's plain
+   network and its CSG versions, on the harness's path (bf16 autocast where the CPU has AMX or
+   AVX512-BF16, channels_last, SGD with momentum and weight decay), same batch size, one synthetic
+   batch for all models.  The models take turns within every repeat (plain, CSG a, CSG b, plain,
+   ...), so a change in machine load hits them alike; the reported figure is the median over
+   repeats, and the CSG/plain ratios are the medians of the per-repeat ratios.  One evaluation
+   "pass" is `--steps` batches and starts from stale kernels, as after an optimiser step, so it
+   pays for one kernel generation (a real pass over 5,000-10,000 images pays the same once).
+2. **Seconds per epoch** of the harness's training loop (`study.train`'s inner loop over a
+   `CifarLoader`, bf16 + channels_last) against a reference loop in the authors' style (a
+   torchvision-like `Dataset` handing out PIL images, `RandomCrop(32, padding=4)`,
+   `RandomHorizontalFlip`, `ToTensor`, `Normalize`, a `DataLoader` with 2 workers, fp32, NCHW), on
+   the same real CIFAR-10 images with the same plain model.  Only `--reference-epoch-images` images
+   are timed; the epoch estimate is `startup + steady seconds per image x 45,000` (startup: until
+   the first batch arrives).  A third loop, the harness's loader with an fp32 NCHW model, splits
+   the gain into data path and precision.  Evaluation is not part of either epoch.
+3. **Peak resident memory**: this process's, and that of fresh processes that load CIFAR-10 the
+   way a run does and train a few steps of ResNet-56 (plain and CSG).
+
+Speed targets are reported, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EPOCH_IMAGES = 45_000  # the training split: 50,000 minus the 5,000 held out for validation
+DEFAULT_CONFIGS = {"resnet20": ["16/72"], "resnet56": ["16/128", "12/72"]}
+FALLBACK_CONFIGS = ["16/72"]
+MEMORY_ARCH, MEMORY_CONFIG = "resnet56", "16/128"
+
+
+# -- arguments ------------------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
 
 
 def add_arguments(parser):
+    parser.add_argument("--archs", default="resnet20,resnet56",
+                        help="comma-separated CIFAR-10 architectures (default: resnet20,resnet56)")
+    parser.add_argument("--configs",
+                        help="comma-separated CSG configurations, each SLICE/CODE_DIM[/LAYOUT], optionally "
+                             "prefixed by ARCH: (e.g. resnet56:16/128,resnet56:12/72,resnet20:16/72); "
+                             "an unprefixed one applies to every arch (default: resnet20 16/72, "
+                             "resnet56 16/128 and 12/72, others 16/72)")
+    parser.add_argument("--batch-size", type=_positive, default=128)
+    parser.add_argument("--steps", type=_positive, default=5, help="timed batches per model and repeat")
+    parser.add_argument("--repeats", type=_positive, default=5, help="interleaved repeats (median reported)")
+    parser.add_argument("--warmup", type=_non_negative, default=2, help="untimed batches per model first")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 on CPUs with AMX/AVX512-BF16, else fp32 (the trainer's rule)")
+    parser.add_argument("--compile", action="store_true",
+                        help="throughput of torch.compile'd models (plain and CSG alike; compiling takes minutes)")
+    parser.add_argument("--threads", type=_positive, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--reference-epoch-images", type=_positive, default=5000,
+                        help="real CIFAR-10 images timed per epoch loop, scaled to a 45,000-image epoch")
+    parser.add_argument("--epoch-arch", default="resnet20", help="plain model of the epoch comparison")
+    parser.add_argument("--memory-steps", type=_non_negative, default=3,
+                        help="training steps of the ResNet-56 memory probes (0: skip the probes)")
+    parser.add_argument("--data-root", help="folder holding cifar-10-batches-bin/ or -py/ (default STUDY_DATA_ROOT)")
     parser.add_argument("--json", action="store_true")
 
 
-def run(a):
-    raise NotImplementedError
+def _usage(message: str):
+    from study.cli import UsageError
+    return UsageError(f"python -m study bench: {message}")
+
+
+def parse_configs(archs: list[str], text: str | None) -> dict[str, list[dict]]:
+    """{arch: [csg method args, ...]} from the --configs text (or the defaults)."""
+    from study.csg import LAYOUTS
+
+    chosen: dict[str, list[str]] = {a: [] for a in archs}
+    if text is None:
+        for a in archs:
+            chosen[a] = list(DEFAULT_CONFIGS.get(a, FALLBACK_CONFIGS))
+    else:
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            arch, _, spec = item.rpartition(":")
+            if arch and arch not in chosen:
+                raise _usage(f"--configs: {item!r} names {arch!r}, which is not in --archs ({','.join(archs)})")
+            for a in ([arch] if arch else archs):
+                chosen[a].append(spec)
+    out: dict[str, list[dict]] = {}
+    for a, specs in chosen.items():
+        out[a] = []
+        for spec in specs:
+            parts = spec.split("/")
+            try:
+                if len(parts) not in (2, 3):
+                    raise ValueError
+                s, d = int(parts[0]), int(parts[1])
+                if s <= 0 or d <= 0:
+                    raise ValueError
+            except ValueError:
+                raise _usage(f"--configs: expected SLICE/CODE_DIM[/LAYOUT] with positive integers, got {spec!r}") from None
+            layout = parts[2] if len(parts) == 3 else "contiguous"
+            if layout not in LAYOUTS:
+                raise _usage(f"--configs: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+            args = {"slice": s, "code_dim": d, "layout": layout}
+            if args not in out[a]:
+                out[a].append(args)
+    return out
+
+
+def _check_arch(name: str, option: str) -> str:
+    from study.models import ARCHS
+
+    if name not in ARCHS:
+        raise _usage(f"{option}: unknown architecture {name!r}")
+    if ARCHS[name].task != "cifar10":
+        raise _usage(f"{option}: {name} is not a CIFAR-10 architecture")
+    return name
+
+
+def _label(args: dict) -> str:
+    tag = f"csg {args['slice']}/{args['code_dim']}"
+    return tag if args.get("layout", "contiguous") == "contiguous" else f"{tag} {args['layout']}"
+
+
+# -- hardware ---------------------------------------------------------------------------------------
+def hardware(precision: str, channels_last: bool = True) -> dict:
+    import psutil
+    import torch
+
+    from study.train import cpu_has_bf16
+
+    model = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "cpu_model": model, "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+        "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags, "cpu_has_bf16": cpu_has_bf16(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "precision": precision, "channels_last": channels_last, "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+# -- throughput -------------------------------------------------------------------------------------
+def _make_step(model, opt, x, y, autocast):
+    import torch.nn.functional as F
+
+    def step():
+        with autocast():
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _make_eval(model, x, autocast):
+    import torch
+
+    def batch():
+        with torch.no_grad(), autocast():
+            return model(x).float()
+    return batch
+
+
+def throughput(arch_name: str, configs: list[dict], a, precision: str) -> list[dict]:
+    import torch
+
+    from study import accounting
+    from study.csg import generators
+    from study.methods import build
+    from study.train import autocast_for
+
+    autocast = autocast_for(precision, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.batch_size, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (a.batch_size,), generator=g)
+    entries = []
+    for method, args in [("none", {})] + [("csg", c) for c in configs]:
+        torch.manual_seed(0)
+        model, _ = build(arch_name, method, args)
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9,
+                              weight_decay=5e-4)
+        forward = torch.compile(model) if a.compile else model
+        entries.append({"model": model, "gens": generators(model), "step": _make_step(forward, opt, x, y, autocast),
+                        "eval": _make_eval(forward, x, autocast), "train": [], "infer": [],
+                        "label": "plain" if method == "none" else _label(args), "args": args,
+                        "params": accounting.count_parameters(model)})
+    for e in entries:  # warm-up: oneDNN primitives, allocator, autocast caches (and compilation)
+        e["model"].train()
+        for _ in range(max(a.warmup, 2 if a.compile else 0)):
+            e["step"]()
+        e["model"].eval()
+        for _ in range(max(a.warmup, 2 if a.compile else 0)):
+            e["eval"]()
+    n = a.batch_size * a.steps
+    for _ in range(a.repeats):
+        for e in entries:
+            e["model"].train()
+            t = time.perf_counter()
+            for _ in range(a.steps):
+                e["step"]()
+            e["train"].append(n / (time.perf_counter() - t))
+        for e in entries:
+            e["model"].eval()
+            for gen in e["gens"]:
+                gen.invalidate()  # a pass starts after an optimiser step: kernels are generated once
+            t = time.perf_counter()
+            for _ in range(a.steps):
+                e["eval"]()
+            e["infer"].append(n / (time.perf_counter() - t))
+    plain = entries[0]
+    out = []
+    for e in entries:
+        row = {"arch": arch_name, "config": e["label"], "method": "none" if e is plain else "csg",
+               **({k: e["args"][k] for k in ("slice", "code_dim", "layout")} if e is not plain else {}),
+               "params_total": e["params"]["total"],
+               "train_images_per_s": round(statistics.median(e["train"]), 1),
+               "eval_images_per_s": round(statistics.median(e["infer"]), 1),
+               "train_images_per_s_repeats": [round(v, 1) for v in e["train"]],
+               "eval_images_per_s_repeats": [round(v, 1) for v in e["infer"]]}
+        if e is not plain:
+            row["train_over_plain"] = round(statistics.median(c / p for c, p in zip(e["train"], plain["train"])), 4)
+            row["eval_over_plain"] = round(statistics.median(c / p for c, p in zip(e["infer"], plain["infer"])), 4)
+        out.append(row)
+    return out
+
+
+# -- seconds per epoch --------------------------------------------------------------------------------
+class ReferenceCifar:
+    """What the authors' loader does per image: torchvision's `CIFAR10.__getitem__` over HWC uint8."""
+
+    def __init__(self, x_chw, y, transform):
+        self.data = x_chw.permute(0, 2, 3, 1).contiguous().numpy()  # torchvision keeps [N, H, W, C]
+        self.targets = y.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def reference_transform():
+    import torchvision.transforms as T
+
+    from study.data.cifar import MEAN, STD
+    return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def _timed_epoch(loader, step, images: int) -> dict:
+    """Run `step(x, y)` over `loader`; startup = until the first batch is there."""
+    t0 = time.perf_counter()
+    seen, first = 0, None
+    for x, y in loader:
+        if first is None:
+            first = time.perf_counter()
+        step(x, y)
+        seen += len(y)
+    end = time.perf_counter()
+    startup, steady = first - t0, end - first
+    return {"images": seen, "measured_seconds": round(end - t0, 3), "startup_seconds": round(startup, 3),
+            "epoch_seconds": round(startup + steady / seen * EPOCH_IMAGES, 2)}
+
+
+def epoch_comparison(a, precision: str, data) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from study.config import RunConfig
+    from study.data.cifar import CifarLoader
+    from study.methods import build
+    from study.train import autocast_for, make_optimizer
+
+    n = min(a.reference_epoch_images, len(data.train_y))
+    x_all, y_all = data.train_x[:n], data.train_y[:n]
+    cfg = RunConfig(arch=a.epoch_arch, batch_size=a.batch_size, epochs=1)
+    steps_per_epoch = -(-n // a.batch_size)
+
+    def model_and_opt(channels_last: bool):
+        torch.manual_seed(0)
+        model, _ = build(a.epoch_arch, "none")
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        opt, sched = make_optimizer(model, cfg, steps_per_epoch, 0)
+        return model, opt, sched
+
+    def warm(model, opt, channels_last, autocast):  # untimed: create oneDNN primitives first
+        x = torch.randn(a.batch_size, 3, 32, 32)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for _ in range(max(1, a.warmup)):
+            with autocast():
+                loss = F.cross_entropy(model(x), torch.zeros(a.batch_size, dtype=torch.long))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def harness(prec: str, channels_last: bool) -> dict:
+        """study.train's inner loop, statement for statement."""
+        autocast = autocast_for(prec, torch.device("cpu"))
+        model, opt, sched = model_and_opt(channels_last)
+        warm(model, opt, channels_last, autocast)
+        loader = CifarLoader(x_all, y_all, a.batch_size, train=True, seed=0, channels_last=channels_last)
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+
+        def step(x, y):
+            nonlocal loss_sum, correct
+            with autocast():
+                out = model(x)
+                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+        result = _timed_epoch(loader, step, n)
+        float(loss_sum), int(correct)
+        return {**result, "precision": prec, "channels_last": channels_last, "loader": "CifarLoader"}
+
+    def reference() -> dict:
+        """The authors' style: PIL transforms per image, DataLoader(2 workers), fp32, .item() per step."""
+        model, opt, _ = model_and_opt(False)
+        warm(model, opt, False, contextlib.nullcontext)
+        dataset = ReferenceCifar(x_all, y_all, reference_transform())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=a.batch_size, shuffle=True, num_workers=2,
+                                             generator=torch.Generator().manual_seed(0))
+        stats = {"loss": 0.0, "correct": 0}
+
+        def step(x, y):
+            opt.zero_grad()
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            opt.step()
+            stats["loss"] += loss.item()
+            stats["correct"] += out.max(1)[1].eq(y).sum().item()
+        result = _timed_epoch(loader, step, n)
+        return {**result, "precision": "fp32", "channels_last": False,
+                "loader": "DataLoader(num_workers=2) over PIL images with torchvision transforms"}
+
+    ours = harness(precision, True)
+    ref = reference()
+    fp32 = harness("fp32", False) if precision != "fp32" else None
+    out = {"arch": a.epoch_arch, "images_timed": n, "scaled_to_images": EPOCH_IMAGES,
+           "scaling": "epoch_seconds = startup_seconds + (measured - startup) / images_timed * 45000",
+           "evaluation_included": False, "harness": ours, "reference": ref}
+    if fp32 is not None:
+        out["harness_fp32_nchw"] = fp32
+        out["data_path_speedup"] = round(ref["epoch_seconds"] / fp32["epoch_seconds"], 3)
+        out["precision_speedup"] = round(fp32["epoch_seconds"] / ours["epoch_seconds"], 3)
+    return out
+
+
+# -- memory -------------------------------------------------------------------------------------------
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB: VmHWM, the high-water mark of its own address
+    space.  (`ru_maxrss` would do, but Linux carries it over fork and exec, so a child started by
+    a big parent reports the parent's peak.)"""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def memory_probe(spec: dict) -> dict:
+    """In a fresh process: load CIFAR-10 as a run does, build the model, train a few steps, evaluate one
+    batch; report the process's peak resident memory."""
+    import torch
+    import torch.nn.functional as F
+
+    from study.config import RunConfig
+    from study.methods import build
+    from study.tasks import get_task
+    from study.train import autocast_for
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    before = _peak_rss_mb()
+    cfg = RunConfig(arch=spec["arch"], method=spec["method"], method_args=spec["args"],
+                    batch_size=spec["batch_size"], epochs=1)
+    loaders = get_task("cifar10").loaders(cfg, spec["data_root"], torch.device("cpu"))
+    data_rss = _peak_rss_mb()
+    torch.manual_seed(0)
+    model, _ = build(cfg.arch, cfg.method, cfg.method_args)
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    autocast = autocast_for(spec["precision"], torch.device("cpu"))
+    for i, (x, y) in enumerate(loaders.train):
+        if i == spec["steps"]:
+            break
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad(), autocast():
+        x, _ = next(iter(loaders.val))
+        model(x)
+    return {"arch": cfg.arch, "method": cfg.method, "args": cfg.method_args, "steps": spec["steps"],
+            "eval_batch": len(x), "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": before,
+            "rss_after_data_mb": data_rss}
+
+
+def _probes_in_subprocesses(specs: list[dict]) -> list[dict]:
+    """One fresh process per probe, all started at once (each measures only its own peak)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "study.bench", "--memory-probe", json.dumps(spec)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+             for spec in specs]
+    out = []
+    for spec, proc in zip(specs, procs):
+        stdout, stderr = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            tail = (stderr.strip().splitlines() or ["?"])[-1]
+            out.append({"arch": spec["arch"], "method": spec["method"], "error": tail})
+        else:
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+# -- the command -----------------------------------------------------------------------------------------
+def run(a) -> dict:
+    from study.cli import _data_root
+
+    archs = [_check_arch(s.strip(), "--archs") for s in a.archs.split(",") if s.strip()]
+    if not archs:
+        raise _usage("--archs: name at least one architecture")
+    archs = list(dict.fromkeys(archs))
+    configs = parse_configs(archs, a.configs)
+    if not any(configs.values()):
+        raise _usage("--configs: no CSG configuration to compare with")
+    _check_arch(a.epoch_arch, "--epoch-arch")
+    if a.reference_epoch_images < 2 * a.batch_size:
+        raise _usage(f"--reference-epoch-images must be at least two batches ({2 * a.batch_size}), "
+                     f"got {a.reference_epoch_images}")
+    data_root = _data_root(a.data_root)
+
+    import torch
+
+    from study.data.cifar import load_cifar10
+    from study.train import resolve_precision
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    precision = resolve_precision(a.precision, torch.device("cpu"))
+    started, load_start = time.perf_counter(), _load()
+
+    rows = []
+    for arch in archs:
+        if configs[arch]:
+            rows += throughput(arch, configs[arch], a, precision)
+    csg_rows = [r for r in rows if r["method"] == "csg"]
+
+    data = load_cifar10(data_root)
+    epoch = epoch_comparison(a, precision, data)
+    del data
+
+    memory = {"bench_process_peak_rss_mb": _peak_rss_mb()}
+    if a.memory_steps:
+        mem_args = next((c for c in configs.get(MEMORY_ARCH, []) if (c["slice"], c["code_dim"]) == (16, 128)),
+                        {"slice": 16, "code_dim": 128, "layout": "contiguous"})
+        specs = [{"arch": MEMORY_ARCH, "method": method, "args": args, "batch_size": a.batch_size,
+                  "precision": precision, "steps": a.memory_steps, "data_root": str(data_root),
+                  "threads": torch.get_num_threads()} for method, args in (("none", {}), ("csg", mem_args))]
+        for spec, probe in zip(specs, _probes_in_subprocesses(specs)):
+            memory[f"{MEMORY_ARCH}_{'plain' if spec['method'] == 'none' else 'csg'}_train_process"] = probe
+        csg_probe = memory[f"{MEMORY_ARCH}_csg_train_process"]
+        memory[f"{MEMORY_ARCH}_csg_train_peak_rss_mb"] = csg_probe.get("peak_rss_mb")
+
+    def smallest(key):
+        worst = min(csg_rows, key=lambda r: r[key])
+        return worst[key], f"{worst['arch']} {worst['config']}"
+
+    train_ratio, train_worst = smallest("train_over_plain")
+    eval_ratio, eval_worst = smallest("eval_over_plain")
+    return {
+        "csg_over_plain_train": train_ratio, "csg_over_plain_train_worst": train_worst,
+        "csg_over_plain_eval": eval_ratio, "csg_over_plain_eval_worst": eval_worst,
+        "harness_speedup_over_reference": round(epoch["reference"]["epoch_seconds"]
+                                                / epoch["harness"]["epoch_seconds"], 3),
+        "targets": {"csg_over_plain_train": 0.90, "csg_over_plain_eval": 0.98},
+        "throughput": rows,
+        "epoch": epoch,
+        "memory": memory,
+        "hardware": {**hardware(precision), "compile": bool(a.compile)},
+        "settings": {"archs": archs, "configs": {k: [_label(c) for c in v] for k, v in configs.items()},
+                     "batch_size": a.batch_size, "steps": a.steps, "repeats": a.repeats, "warmup": a.warmup,
+                     "throughput_input": "one synthetic N(0,1) batch, channels_last",
+                     "optimizer": "SGD lr 0.05 momentum 0.9 weight decay 5e-4",
+                     "ratio": "median over repeats of (CSG images/s / plain images/s), models interleaved",
+                     "eval_pass": "--steps batches under no_grad, kernels generated once at the start",
+                     "data_root": str(data_root)},
+        "load_average": {"start": load_start, "end": _load()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv=None) -> int:  # `python -m study.bench --memory-probe SPEC`: the memory probe's process
+    p = argparse.ArgumentParser(prog="python -m study.bench")
+    p.add_argument("--memory-probe", required=True)
+    a = p.parse_args(argv)
+    print(json.dumps(memory_probe(json.loads(a.memory_probe))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -219,7 +219,13 @@ class GeneratedConv2d(nn.Module):
         # a channels_last input gets a channels_last kernel: oneDNN then needs no reorder of its own
         fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
                and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
-        return F.conv2d(x, self.kernel(fmt), self.bias, self.stride, self.padding, self.dilation)
+        if torch.compiler.is_compiling():
+            # torch.compile traces the product itself (the cache's Python bookkeeping would only
+            # cause graph breaks and recompilations); the compiled graph computes it once per call
+            kernel = self.assemble(F.linear(self.code, self.generator.weight), fmt)
+        else:
+            kernel = self.kernel(fmt)
+        return F.conv2d(x, kernel, self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -247,6 +253,10 @@ def convert(model: nn.Module, spec: CSGSpec, policy: Policy, generator_name: str
     Works in place and returns `model`.  Convs are visited in module order, which fixes the order
     of their codes inside the generator's batched product.
     """
+    if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        # the generator is registered on the root: a container root would run it as a layer
+        raise ValueError(f"convert() needs a model whose root is not an nn.{type(model).__name__} "
+                         "(the shared generator is registered on the root); wrap it in an nn.Module")
     generator = SliceGenerator(spec)
     chosen = [(name, m) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d) and m.kernel_size == (spec.kernel_size,) * 2 and policy(name, m)]

@@ -391,10 +391,24 @@ def test_convert_policy_all_skips_stem_depthwise_grouped_and_other_kernel_sizes(
     assert net(x).shape == (1, 12, 4, 4)
 
 
+def test_convert_on_a_container_root_works_or_refuses_clearly():
+    """The generator is registered on the root; on an nn.Sequential it must not become a layer."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+    try:
+        convert(net, CSGSpec(slice=4, code_dim=3), all_eligible("0"))
+    except ValueError as e:
+        assert "Sequential" in str(e)
+        return
+    assert net(torch.randn(1, 3, 8, 8)).shape == (1, 8, 8, 8)
+
+
 def test_convert_refuses_an_empty_selection():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3))
+    net = _Net()
     with pytest.raises(ValueError, match="no convolution"):
-        convert(net, CSGSpec(), all_eligible("0"))
+        convert(net, CSGSpec(kernel_size=5), all_eligible("body.0"))  # no 5x5 conv
+    with pytest.raises(ValueError, match="no convolution"):
+        convert(net, CSGSpec(), lambda name, conv: False)
+    assert not list(generated_convs(net))
 
 
 @pytest.mark.parametrize("policy", ["authors", "all"])

@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy import stats
 
-from study.data import cifar
+from study.data import cifar as cifar_mod
 from study.data.cifar import (BIN_FILES, CifarLoader, DataError, crop_flip, load_cifar10, normalize,
                               stratified_split, subset)
 
@@ -174,14 +174,14 @@ def test_crop_flip_equals_torchvision(cifar):
 def test_augmentation_distribution(monkeypatch):
     """Offsets uniform over 0..8 in each axis (independently), flips with probability 1/2, per image."""
     seen_offsets, seen_flips = [], []
-    real = cifar.crop_flip
+    real = cifar_mod.crop_flip
 
     def recording(x, offsets, flips, pad=4):
         seen_offsets.append(offsets.clone())
         seen_flips.append(flips.clone())
         return real(x, offsets, flips, pad)
 
-    monkeypatch.setattr(cifar, "crop_flip", recording)
+    monkeypatch.setattr(cifar_mod, "crop_flip", recording)
     n = 18_000
     x = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)  # tiny images: only the draws matter here
     loader = CifarLoader(x, torch.zeros(n, dtype=torch.long), 4096, train=True, seed=1234)
@@ -238,11 +238,11 @@ def test_normalisation_uses_the_authors_statistics(cifar):
 
 
 def cifar_constants():
-    return tuple(cifar.MEAN), tuple(cifar.STD)
+    return tuple(cifar_mod.MEAN), tuple(cifar_mod.STD)
 
 
 def test_data_root_default_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("STUDY_DATA_ROOT", str(tmp_path))
-    assert cifar.default_root() == str(tmp_path)
+    assert cifar_mod.default_root() == str(tmp_path)
     with pytest.raises(DataError, match=str(tmp_path)):
         load_cifar10()

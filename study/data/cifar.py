@@ -143,19 +143,34 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple[
 
 # -- the fast path ------------------------------------------------------------------------------
 def normalize(x_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    mean = torch.tensor(MEAN, device=x_uint8.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x_uint8.device, dtype=dtype).view(1, 3, 1, 1)
-    return (x_uint8.to(dtype) / 255.0 - mean) / std
+    """ToTensor + Normalize: `(x / 255 - mean) / std`, the same operations in the same order (so the
+    same values), done in place on the one float copy; a channels_last input stays channels_last."""
+    mean = torch.tensor(MEAN, device=x_uint8.device, dtype=dtype)
+    std = torch.tensor(STD, device=x_uint8.device, dtype=dtype)
+    if x_uint8.dim() == 4 and not x_uint8.is_contiguous() and x_uint8.is_contiguous(memory_format=torch.channels_last):
+        # work on the dense [B, H, W, C] view: the per-channel constants broadcast along the last dim
+        return x_uint8.permute(0, 2, 3, 1).to(dtype).div_(255.0).sub_(mean).div_(std).permute(0, 3, 1, 2)
+    return x_uint8.to(dtype).div_(255.0).sub_(mean.view(3, 1, 1)).div_(std.view(3, 1, 1))
 
 
 def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
     """Batched RandomCrop(32, padding=pad) + RandomHorizontalFlip for given offsets `[B, 2]` (dy, dx)
     and flips `[B]`; zero padding, as torchvision pads the uint8 image before normalisation."""
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = offsets[:, 0, None] + torch.arange(h, device=x.device)           # [B, H]
     cols = offsets[:, 1, None] + torch.arange(w, device=x.device)           # [B, W]
     cols = torch.where(flips[:, None], cols.flip(1), cols)
+    if x.dtype == torch.uint8 and c <= 4:
+        # Pack each pixel's channels into one int32 and gather B*H*W words (2x faster than
+        # gathering B*H*W*C bytes); returned dense in channels_last, as the general path below.
+        hp, wp = h + 2 * pad, w + 2 * pad
+        packed = torch.zeros(b, hp, wp, 4, dtype=torch.uint8, device=x.device)
+        packed[:, pad:pad + h, pad:pad + w, :c] = x.permute(0, 2, 3, 1)
+        index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, h * w)
+        out = packed.view(torch.int32).view(b, hp * wp).gather(1, index)
+        out = out.view(b, h, w, 1).view(torch.uint8)[..., :c].permute(0, 3, 1, 2)
+        return out.contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     batch = torch.arange(b, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
     return out.permute(0, 3, 1, 2)
