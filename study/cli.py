@@ -185,10 +185,39 @@ def _tasks_of(g) -> set[str]:
     return {get_arch(c.arch).task for c in g.runs}
 
 
+def _check_configs(g) -> None:
+    """Every run's settings are possible on its task (e.g. no image_size other than 32 on CIFAR-10)."""
+    from study.models import get_arch
+    from study.tasks import get_task
+
+    for c in g.runs:
+        try:
+            get_task(get_arch(c.arch).task).check_config(c)
+        except ValueError as e:
+            raise UsageError(f"{g.path}: {c.name}: {e}") from None
+
+
+def _check_data(g, value: str | None) -> str:
+    """The data root, after every task the grid uses has found its data there (else one line, exit 2)."""
+    from study.data.cifar import DataError, default_root
+    from study.tasks import get_task
+
+    root = value or default_root()
+    for name in sorted(_tasks_of(g)):
+        try:
+            get_task(name).check_data(root)
+        except DataError as e:
+            raise UsageError(str(e)) from None
+        except OSError as e:  # e.g. an unreadable folder
+            raise UsageError(f"{e.filename or root}: {e.strerror or e}") from None
+    return root
+
+
 def cmd_run(a) -> int:
     from study import runner
 
     g, uri, out = _load_grid(a)
+    _check_configs(g)
     if a.dry_run:
         rows = runner.status(g, uri, out)
         print(f"grid {g.name}: {len(rows)} runs (tracking {uri})")
@@ -196,7 +225,7 @@ def cmd_run(a) -> int:
             print(f"  {r['name']:<44} total={r['total']:>10,} stored={r['stored']:>10,} "
                   f"nonzero={r['nonzero']:>10,}  {r['state']}")
         return 0
-    data_root = _data_root(a.data_root) if "cifar10" in _tasks_of(g) else (a.data_root or "data")
+    data_root = _check_data(g, a.data_root)
     if a.backend == "dask" and not a.scheduler:
         raise UsageError("--backend dask needs --scheduler tcp://HOST:PORT")
     Tracker(uri).experiment(g.name)  # create store and experiment once, before workers race to

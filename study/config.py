@@ -43,6 +43,10 @@ class RunConfig:
     train_subset: int | None = None   # smoke tests: a stratified subset of the training images
     test_subset: int | None = None
     workers: int = 2              # only for DataLoader-based tasks (ImageNet, VOC)
+    # side of the square training/eval images; None = the task's standard size (ImageNet: 224 crop,
+    # eval resize 256; VOC: 513 crop).  ImageNet at S: crop S, eval resize round(S*256/224); VOC at S:
+    # crop S, images larger than S scaled to fit.  CIFAR-10 is 32 only (anything else is refused).
+    image_size: int | None = None
 
     # speed
     precision: str = "auto"       # auto: bf16 on CPUs with AMX/AVX512-BF16, fp16 AMP on CUDA, else fp32
@@ -59,6 +63,10 @@ class RunConfig:
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size <= 0):
+            raise ValueError(f"image_size must be a positive integer or null (the task's standard size), "
+                             f"got {self.image_size!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         object.__setattr__(self, "milestones", tuple(self.milestones))
@@ -79,6 +87,8 @@ class RunConfig:
     def hash(self) -> str:
         d = self.to_dict()
         d.pop("name")
+        if d["image_size"] is None:  # added later: left out at its default so that older runs keep their keys
+            d.pop("image_size")
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

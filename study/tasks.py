@@ -3,6 +3,10 @@
 A task gives the trainer three loaders (train, validation, test) that yield `(x, y)` batches on
 the training device.  The train loader has a `generator` attribute (a `torch.Generator`): its state
 at the start of an epoch fixes that epoch's order and augmentation, so checkpoints save it.
+
+Before any run starts, `python -m study run` calls `check_config(cfg)` for every run (a setting the
+task cannot honour raises `ValueError`) and `check_data(root)` for every task of the grid (missing
+or corrupt data raises `study.data.cifar.DataError`, one line naming the file or folder).
 """
 from __future__ import annotations
 
@@ -31,6 +35,13 @@ class Task:
     def loaders(self, cfg: RunConfig, data_root: str, device: torch.device) -> Loaders:
         raise NotImplementedError
 
+    def check_data(self, data_root: str) -> None:
+        """Raise `DataError` (one line naming the missing or corrupt file or folder) if `data_root`
+        does not hold this task's data.  Cheap: it looks, it does not load."""
+
+    def check_config(self, cfg: RunConfig) -> None:
+        """Raise `ValueError` if `cfg` asks for something this task cannot do."""
+
     def loss(self, output: torch.Tensor, y: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
         return F.cross_entropy(output, y, label_smoothing=cfg.label_smoothing)
 
@@ -57,9 +68,20 @@ class Task:
 class Cifar10Task(Task):
     name = "cifar10"
 
+    def check_data(self, data_root):
+        from study.data import cifar
+
+        cifar.locate(data_root)  # names the missing or corrupt file and its official md5
+
+    def check_config(self, cfg):
+        if cfg.image_size not in (None, 32):
+            raise ValueError(f"image_size {cfg.image_size} is not possible on CIFAR-10, whose images are "
+                             "32x32 (leave it unset or set 32)")
+
     def loaders(self, cfg, data_root, device):
         from study.data import cifar
 
+        self.check_config(cfg)
         data = cifar.load_cifar10(data_root)
         train_idx, val_idx = cifar.stratified_split(data.train_y, cfg.val_size, seed=cfg.seed)
         train_x, train_y = cifar.subset(data.train_x[train_idx], data.train_y[train_idx], cfg.train_subset, cfg.seed)

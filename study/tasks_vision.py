@@ -3,6 +3,10 @@
 `study.tasks.get_task` imports this module for any task other than CIFAR-10; it registers
 `'imagenet'` and `'voc'` in `study.tasks.TASKS`.
 
+Image size.  A task object holds its standard size (ImageNet: 224 crop, evaluation resize 256; VOC:
+513 crop); a run's `RunConfig.image_size` replaces it (ImageNet: crop S, resize round(S * 256 / 224);
+VOC: crop S), so that cheap experiments and tests can use small images.
+
 Reproducible loading.  A train loader's `generator` (a seeded `torch.Generator`, also handed to
 `DataLoader(generator=...)`) fixes each epoch completely: at the start of an epoch the sampler
 draws the order and one seed per sample from it, and every sample is transformed under its own
@@ -111,7 +115,19 @@ class ImageNetTask(Task):
     primary = "acc"
 
     def __init__(self, image_size: int = 224, resize_size: int = 256):
+        """The standard sizes, used when a run leaves `image_size` unset."""
         self.image_size, self.resize_size = image_size, resize_size
+
+    def sizes(self, cfg: RunConfig) -> tuple[int, int]:
+        """(crop, evaluation resize): the standard pair, or `cfg.image_size` and the resize in proportion."""
+        from study.data import imagenet
+
+        return imagenet.sizes(cfg.image_size, (self.image_size, self.resize_size))
+
+    def check_data(self, data_root: str) -> None:
+        from study.data import imagenet
+
+        imagenet.check(data_root)
 
     def loaders(self, cfg: RunConfig, data_root: str, device) -> Loaders:
         from study.data import imagenet
@@ -122,8 +138,9 @@ class ImageNetTask(Task):
         val_idx = imagenet.stratified_subset(val_idx, train_folder.targets, cfg.test_subset, cfg.seed)
         test_idx = imagenet.stratified_subset(np.arange(len(val_folder)), val_folder.targets, cfg.test_subset,
                                               cfg.seed)
-        train_tf = imagenet.train_transform(self.image_size)
-        eval_tf = imagenet.eval_transform(self.image_size, self.resize_size)
+        crop, resize = self.sizes(cfg)
+        train_tf = imagenet.train_transform(crop)
+        eval_tf = imagenet.eval_transform(crop, resize)
         return Loaders(
             train=make_loader(SampleView(train_folder, train_idx, train_tf), cfg, device, train=True),
             val=make_loader(SampleView(train_folder, val_idx, eval_tf), cfg, device, train=False),
@@ -180,7 +197,13 @@ class VOCTask(Task):
     num_classes = 21
 
     def __init__(self, crop_size: int = 513, scale_range: tuple[float, float] = (0.5, 2.0)):
+        """`crop_size` is the standard size, used when a run leaves `image_size` unset."""
         self.crop_size, self.scale_range = crop_size, scale_range
+
+    def check_data(self, data_root: str) -> None:
+        from study.data import voc
+
+        voc.check(data_root)
 
     def loaders(self, cfg: RunConfig, data_root: str, device) -> Loaders:
         from study.data import voc
@@ -195,8 +218,9 @@ class VOCTask(Task):
         train_idx = _random_subset(train_idx, cfg.train_subset, cfg.seed)
         val_idx = _random_subset(val_idx, cfg.test_subset, cfg.seed)
         test_idx = _random_subset(np.arange(len(test_set)), cfg.test_subset, cfg.seed)
-        train_tf = voc.TrainTransform(self.crop_size, self.scale_range)
-        eval_tf = voc.EvalTransform(self.crop_size)
+        crop = cfg.image_size or self.crop_size
+        train_tf = voc.TrainTransform(crop, self.scale_range)
+        eval_tf = voc.EvalTransform(crop)
         return Loaders(
             train=make_loader(SampleView(train_set, train_idx, train_tf, joint=True), cfg, device, train=True),
             val=make_loader(SampleView(train_set, val_idx, eval_tf, joint=True), cfg, device, train=False),

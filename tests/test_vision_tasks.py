@@ -15,66 +15,19 @@ from study.data import voc as voc_data
 from study.data.cifar import DataError
 from study.tasks import TASKS, get_task
 from study.tasks_vision import (ImageNetTask, VOCTask, confusion_matrix, segmentation_scores)
+from visiontrees import VOC_SIZES, VOC_VAL, imagenet_tree, voc_tree
 
 torch.set_num_threads(2)
-
-CLASSES = ("n01", "n02", "n03")
-
-
-def _jpeg(path, seed, size=(64, 64)):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
 
 
 @pytest.fixture(scope="module")
 def imagenet_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for s, (split, per_class) in enumerate((("train", 6), ("val", 2))):
-        for c, wnid in enumerate(CLASSES):
-            folder = root / "imagenet" / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                _jpeg(folder / f"{wnid}_{i}.JPEG", seed=100 * s + 10 * c + i)
-    return root
-
-
-def _palette():
-    pal = [0] * 768
-    for i in range(256):
-        pal[3 * i: 3 * i + 3] = [(37 * i) % 256, (91 * i) % 256, (53 * i) % 256]
-    return pal
-
-
-def _voc_target(path, seed, size):
-    rng = np.random.default_rng(seed)
-    w, h = size
-    labels = np.zeros((h, w), np.uint8)
-    labels[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = rng.integers(1, 21)
-    labels[h // 2:, : w // 3] = rng.integers(1, 21)
-    labels[h // 4, :] = 255  # boundary pixels, as in VOC
-    labels[:, 3 * w // 4] = 255
-    img = Image.fromarray(labels, mode="P")
-    img.putpalette(_palette())
-    img.save(path)
-
-
-VOC_SIZES = {"2007_000001": (50, 40), "2007_000002": (40, 48), "2007_000003": (36, 36), "2007_000004": (44, 30),
-             "2007_000005": (30, 42), "2008_000001": (52, 38), "2008_000002": (40, 40)}
-VOC_TRAIN, VOC_VAL = list(VOC_SIZES)[:5], list(VOC_SIZES)[5:]
+    return imagenet_tree(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    base = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True)
-    for i, (name, size) in enumerate(VOC_SIZES.items()):
-        _jpeg(base / "JPEGImages" / f"{name}.jpg", seed=i, size=size)
-        _voc_target(base / "SegmentationClass" / f"{name}.png", seed=100 + i, size=size)
-    (base / "ImageSets/Segmentation/train.txt").write_text("\n".join(VOC_TRAIN) + "\n")
-    (base / "ImageSets/Segmentation/val.txt").write_text("\n".join(VOC_VAL) + "\n")
-    return root
+    return voc_tree(tmp_path_factory.mktemp("data"))
 
 
 def _cfg(**kw):

@@ -7,8 +7,10 @@ is held out from `train/`.
 
 Augmentation is the standard one (He et al. 2016 / torchvision's reference recipe):
 train RandomResizedCrop(224) + horizontal flip, evaluation Resize(256) + CenterCrop(224), both
-normalised with the ImageNet statistics.  Random transforms draw from torch's global RNG; the
-loaders in `study/tasks_vision.py` seed it per sample, so a generator fixes them.
+normalised with the ImageNet statistics.  A run's `image_size` S (`RunConfig.image_size`, for cheap
+experiments and tests) scales both: RandomResizedCrop(S), and Resize(round(S * 256 / 224)) +
+CenterCrop(S) (`sizes`).  Random transforms draw from torch's global RNG; the loaders in
+`study/tasks_vision.py` seed it per sample, so a generator fixes them.
 """
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ from study.data.cifar import DataError, stratified_split
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE, RESIZE_SIZE = 224, 256  # the standard crop and evaluation resize
+
+
+def sizes(image_size: int | None = None, standard: tuple[int, int] = (IMAGE_SIZE, RESIZE_SIZE)) -> tuple[int, int]:
+    """(crop, evaluation resize) for a run's `image_size`: the standard pair for None, else
+    `image_size` and the resize in the standard proportion, round(image_size * 256 / 224)."""
+    crop, resize = standard
+    if image_size is None:
+        return crop, resize
+    return int(image_size), round(image_size * resize / crop)
 
 
 def train_transform(image_size: int = 224) -> T.Compose:
@@ -36,13 +48,37 @@ def eval_transform(image_size: int = 224, resize_size: int = 256) -> T.Compose:
 
 
 def locate(root: str | os.PathLike) -> Path:
-    """The folder holding `train/` and `val/`: `root` itself or `root/imagenet`."""
+    """The folder holding `train/` and `val/`: `root/imagenet` or `root` itself.
+
+    Otherwise `DataError` names the first missing folder (in `root/imagenet` if that exists)."""
     root = Path(root)
     for base in (root / "imagenet", root):
         if (base / "train").is_dir() and (base / "val").is_dir():
             return base
-    raise DataError(f"{root}: holds no ImageNet tree (expected train/ and val/ class folders, "
-                    "in it or in its imagenet/ folder)")
+    base = root / "imagenet" if (root / "imagenet").is_dir() else root
+    missing = next(base / split for split in ("train", "val") if not (base / split).is_dir())
+    raise DataError(f"{missing}: missing (expected an ImageFolder tree, train/ and val/ with one folder of "
+                    "images per class, in the data root or its imagenet/ folder)")
+
+
+def check(root: str | os.PathLike) -> Path:
+    """`locate`, then check that train/ and val/ hold the same, non-empty set of class folders.
+
+    Cheap (lists folders, opens no image); raises `DataError` naming the folder at fault."""
+    base = locate(root)
+    classes = {}
+    for split in ("train", "val"):
+        folder = base / split
+        classes[split] = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        if not classes[split]:
+            raise DataError(f"{folder}: holds no class folders (expected an ImageFolder tree, one folder "
+                            "of images per class)")
+    if classes["train"] != classes["val"]:
+        odd = sorted(set(classes["train"]) ^ set(classes["val"]))[0]
+        where = "train" if odd in classes["train"] else "val"
+        raise DataError(f"{base}: class folder {odd!r} is only in {where}/ (train/ and val/ must hold the "
+                        f"same classes)")
+    return base
 
 
 def folders(root: str | os.PathLike) -> tuple[ImageFolder, ImageFolder]:
