@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -248,3 +250,86 @@ def test_runconfig_has_the_fields_the_loaders_read():
     """RunConfig fields the vision loaders read all exist."""
     names = {f.name for f in dataclasses.fields(RunConfig)}
     assert {"batch_size", "val_size", "train_subset", "test_subset", "workers", "seed", "channels_last"} <= names
+
+
+# -- image size (RunConfig.image_size) and data checks ------------------------------------------------
+def test_imagenet_image_size_from_config(imagenet_root):
+    task = ImageNetTask()
+    assert task.sizes(_cfg()) == (224, 256)
+    assert task.sizes(_cfg(image_size=64)) == (64, 73)  # round(64 * 256 / 224)
+    assert task.sizes(_cfg(image_size=32)) == (32, 37)
+    loaders = task.loaders(_cfg(image_size=32), str(imagenet_root), "cpu")
+    for loader in (loaders.train, loaders.val, loaders.test):
+        x, _ = next(iter(loader))
+        assert x.shape[1:] == (3, 32, 32)
+    resize = [t for t in loaders.test.dataset.transform.transforms if type(t).__name__ == "Resize"][0]
+    assert resize.size == 37
+
+
+def test_voc_image_size_from_config(voc_root):
+    loaders = VOCTask().loaders(_voc_cfg(image_size=24), str(voc_root), "cpu")
+    for loader in (loaders.train, loaders.val, loaders.test):
+        x, y = next(iter(loader))
+        assert x.shape[1:] == (3, 24, 24) and y.shape[1:] == (24, 24)
+
+
+def test_voc_train_fits_large_images_like_eval():
+    # an image larger than the crop is scaled to fit it first, so training sees evaluation's scale
+    image = Image.fromarray(np.zeros((40, 80, 3), np.uint8))
+    target = Image.fromarray(np.ones((40, 80), np.uint8), mode="P")
+    torch.manual_seed(0)
+    x, y = voc_data.TrainTransform(crop_size=20, scale_range=(1.0, 1.0))(image, target)
+    assert x.shape[1:] == (20, 20) and int((y == 1).sum()) == 20 * 10  # 80x40 -> 20x10, then padded
+    x, y = voc_data.EvalTransform(crop_size=20)(image, target)
+    assert int((y == 1).sum()) == 20 * 10
+
+
+def test_image_size_validated():
+    with pytest.raises(ValueError, match="image_size"):
+        RunConfig(image_size=0)
+    with pytest.raises(ValueError, match="image_size"):
+        RunConfig(image_size="64")
+    # left unset, it does not enter the config hash, so runs keyed before it existed keep their keys
+    assert RunConfig().hash() != RunConfig(image_size=64).hash()
+    d = RunConfig(arch="mobilenetv2").to_dict()
+    del d["name"], d["image_size"]
+    old = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert RunConfig(arch="mobilenetv2").hash() == old
+
+
+def test_cifar_task_refuses_other_image_sizes():
+    task = get_task("cifar10")
+    task.check_config(RunConfig(image_size=None))
+    task.check_config(RunConfig(image_size=32))
+    with pytest.raises(ValueError, match="CIFAR-10"):
+        task.check_config(RunConfig(image_size=64))
+    with pytest.raises(ValueError, match="image_size 64"):
+        task.loaders(RunConfig(image_size=64), "/nonexistent", "cpu")
+
+
+def test_check_data_names_what_is_missing(tmp_path, imagenet_root, voc_root):
+    imagenet, voc = get_task("imagenet"), get_task("voc")
+    imagenet.check_data(str(imagenet_root))
+    voc.check_data(str(voc_root))
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'train'}: missing \(expected an ImageFolder tree"):
+        imagenet.check_data(str(tmp_path))
+    (tmp_path / "imagenet" / "train" / "n01").mkdir(parents=True)
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'imagenet' / 'val'}: missing"):
+        imagenet.check_data(str(tmp_path))
+    (tmp_path / "imagenet" / "val" / "n02").mkdir(parents=True)
+    with pytest.raises(DataError, match="'n01' is only in train/"):
+        imagenet.check_data(str(tmp_path))
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'VOCdevkit' / 'VOC2012'}: missing"):
+        voc.check_data(str(tmp_path))
+
+
+def test_voc_check_data_names_missing_list_and_files(tmp_path):
+    root = voc_tree(tmp_path / "a")
+    base = root / "VOCdevkit" / "VOC2012"
+    (base / "ImageSets/Segmentation/val.txt").unlink()
+    with pytest.raises(DataError, match=r"Segmentation/val\.txt: missing"):
+        get_task("voc").check_data(str(root))
+    root = voc_tree(tmp_path / "b")
+    (root / "VOCdevkit/VOC2012/SegmentationClass" / f"{VOC_VAL[0]}.png").unlink()
+    with pytest.raises(DataError, match=rf"{VOC_VAL[0]}\.png: missing \(listed in val\.txt\)"):
+        get_task("voc").check_data(str(root))

@@ -16,7 +16,6 @@ standard; a run's `RunConfig.image_size` replaces it, for cheap experiments and 
   counts); an image larger than that is first scaled down so that its longer side fits, as in
   training.
 """
-"""
 from __future__ import annotations
 
 import os
