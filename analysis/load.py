@@ -34,10 +34,6 @@ METHOD_ORDER = ["none", "csg", "prune", "filterprune", "lowrank", "hashed", "wid
 METHOD_LABEL = {"none": "plain", "csg": "CSG", "prune": "pruning", "filterprune": "filter pruning",
                 "lowrank": "low-rank", "hashed": "HashedNets", "width": "width scaling", "softshare": "soft sharing"}
 
-# RunConfig's fields (read from study.config when it imports; this copy keeps the analysis standalone)
-_CONFIG_KEYS = ["arch", "method", "method_args", "target_params", "seed", "epochs", "batch_size", "lr", "momentum",
-                "nesterov", "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "label_smoothing",
-                "val_size", "train_subset", "test_subset", "workers", "precision", "channels_last", "compile", "name"]
 # params the harness adds beside the config; they describe the run, they are not the method's arguments
 DERIVED_PARAMS = ["budget_count", "knob", "precision_used"]
 # never part of a configuration's identity: the seed varies within a group, the rest is bookkeeping
@@ -61,11 +57,9 @@ class AnalysisError(ValueError):
 
 
 def config_keys() -> list[str]:
-    try:
-        from study.config import RunConfig
-        return RunConfig.keys()
-    except Exception:  # the analysis must still read a store without the training code
-        return list(_CONFIG_KEYS)
+    from study.config import RunConfig
+
+    return RunConfig.keys()
 
 
 def default_tracking_uri() -> str:

@@ -86,7 +86,9 @@ def run_one(job: Job) -> Outcome:
     ckpt_dir = Path(job.checkpoint_dir) / h
     try:
         result = _train_logged(cfg, job, ckpt_dir, on_epoch)
-        counts = accounting.account(result.model, get_arch(cfg.arch).input_size)
+        channels, *size = get_arch(cfg.arch).input_size
+        size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
+        counts = accounting.account(result.model, (channels, *size))
         final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()}}
         tracker.log(run_id, final, step=cfg.epochs, tags={"precision": result.precision},
                     params={"precision_used": result.precision})
