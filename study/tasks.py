@@ -31,6 +31,7 @@ class Loaders:
 class Task:
     name: str
     primary: str = "acc"  # the metric used for model selection and reports (higher is better)
+    top5: bool = False    # report top-5 even with few classes (ImageNet-style tasks)
 
     def loaders(self, cfg: RunConfig, data_root: str, device: torch.device) -> Loaders:
         raise NotImplementedError
@@ -59,8 +60,10 @@ class Task:
             top1 += int((best[:, 0] == y).sum())
             top5 += int((best == y[:, None]).any(1).sum())
             n += len(y)
+        if n == 0:
+            raise ValueError("evaluation loader is empty")
         metrics = {"loss": loss / n, "acc": 100.0 * top1 / n}
-        if out.shape[1] > 5:
+        if self.top5 or out.shape[1] > 5:
             metrics["top5"] = 100.0 * top5 / n
         return metrics
 

@@ -113,6 +113,7 @@ def _random_subset(indices: np.ndarray, n: int | None, seed: int) -> np.ndarray:
 class ImageNetTask(Task):
     name = "imagenet"
     primary = "acc"
+    top5 = True
 
     def __init__(self, image_size: int = 224, resize_size: int = 256):
         """The standard sizes, used when a run leaves `image_size` unset."""
@@ -145,24 +146,6 @@ class ImageNetTask(Task):
             train=make_loader(SampleView(train_folder, train_idx, train_tf), cfg, device, train=True),
             val=make_loader(SampleView(train_folder, val_idx, eval_tf), cfg, device, train=False),
             test=make_loader(SampleView(val_folder, test_idx, eval_tf), cfg, device, train=False))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Iterable, autocast=contextlib.nullcontext) -> dict[str, float]:
-        """Mean loss, top-1 (`acc`) and top-5 accuracy in %; top-5 is always reported."""
-        model.eval()
-        n, loss, top1, top5 = 0, 0.0, 0, 0
-        for x, y in loader:
-            with autocast():
-                out = model(x)
-            out = out.float()
-            loss += float(F.cross_entropy(out, y, reduction="sum"))
-            best = out.topk(min(5, out.shape[1]), dim=1).indices
-            top1 += int((best[:, 0] == y).sum())
-            top5 += int((best == y[:, None]).any(1).sum())
-            n += len(y)
-        if n == 0:
-            raise ValueError("evaluation loader is empty")
-        return {"loss": loss / n, "acc": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
 
 
 # -- Pascal VOC ---------------------------------------------------------------------------------

@@ -6,11 +6,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from gridtools import DATA_ROOT, REPO, run_grid, runs, study, uri, write_grid
+from gridtools import DATA_ROOT, run_grid, runs, study, uri, write_grid
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ("train_loss", "val_acc", "test_acc", "lr", "epoch_seconds")
