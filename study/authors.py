@@ -82,12 +82,14 @@ def load_model(path: str | Path, arch_name: str) -> tuple[nn.Module, dict]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy in % over all of (x, y), normalised as the authors did; fp32."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 100) -> float:
+    """Top-1 accuracy in % over all of (x, y), normalised as the authors did; fp32.
+
+    channels_last and small batches: about 15% faster on CPU for these nets (cache-sized activations)."""
     from study.data.cifar import CifarLoader
 
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)
     correct = 0
-    for xb, yb in CifarLoader(x, y, batch_size, train=False):
+    for xb, yb in CifarLoader(x, y, batch_size, train=False, channels_last=True):
         correct += int((model(xb).argmax(1) == yb).sum())
     return 100.0 * correct / len(y)
