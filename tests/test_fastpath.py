@@ -6,7 +6,6 @@ Speed targets are measured by `python -m study bench` and reported; nothing here
 """
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -137,6 +136,42 @@ def test_eval_pass_generates_once_and_follows_optimiser_steps_and_checkpoints(te
     calls = count.calls
     assert _eval_pass(model, test_images) == target
     assert count.calls == calls + 1
+
+
+def test_parameters_are_checked_once_per_forward_pass(monkeypatch):
+    """The model's pass hooks: one look at the parameters' versions per forward, not one per layer;
+    outside a pass every request looks; a failed forward ends its pass; a deep copy's hooks drive
+    the copy's own generator."""
+    import copy
+
+    model = _csg().eval()
+    (gen,) = generators(model)
+    looks = {"n": 0}
+    original = gen._tensors_key
+
+    def counted():
+        looks["n"] += 1
+        return original()
+    monkeypatch.setattr(gen, "_tensors_key", counted)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        assert looks["n"] == 1 and gen._pass_depth == 0
+        layers = [layer for _, layer in generated_convs(model)]
+        for layer in layers[:3]:
+            layer.kernel()
+        assert looks["n"] == 4                   # outside a pass: every request looks
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 5, 32, 32))     # wrong channel count: the stem fails
+        assert gen._pass_depth == 0
+        layers[0].code.add_(1.0)                 # a change between passes is seen
+        changed = model(x)
+    assert not torch.allclose(changed, ref)
+    clone = copy.deepcopy(model)
+    (clone_gen,) = generators(clone)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), changed)
+    assert clone_gen is not gen and clone_gen._pass_depth == 0 and gen._pass_depth == 0
 
 
 def test_memory_format_switch_reuses_the_generated_kernels(monkeypatch):
