@@ -102,8 +102,8 @@ def run_one(job: Job) -> Outcome:
             old.unlink(missing_ok=True)
         return Outcome(cfg.name, DONE, "", final.get("test_acc_at_best_val"), len(result.history))
     except KeyboardInterrupt:
-        tracker.log(run_id, tags={"failure_reason": "interrupted; resumable"})
-        tracker.set_status(run_id, KILLED)
+        # this process's database session may have been cut mid-write: the caller marks the run
+        # KILLED through a fresh client (`mark_killed`)
         raise
     except Exception as e:  # isolate: this run fails, the grid goes on
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:480]
@@ -177,6 +177,7 @@ def mark_killed(grid: Grid, tracking_uri: str) -> None:
     hashes = {c.hash() for c in grid.runs}
     for run in tracker.runs(exp) if exp else []:
         if run.info.status == "RUNNING" and run.data.tags.get("config_hash") in hashes:
+            tracker.log(run.info.run_id, tags={"failure_reason": "interrupted; resumable"})
             tracker.set_status(run.info.run_id, KILLED)
 
 
