@@ -20,9 +20,8 @@ file, the key and what is allowed.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -158,15 +157,3 @@ def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
     except (BudgetError, ValueError, TypeError) as e:
         raise GridError(f"{_where(path, where)} ({run['name']}): {str(e).splitlines()[0]}") from None
     return cfg, args, count
-
-
-def with_overrides(grid: Grid, **overrides) -> Grid:
-    """The same grid with some config fields replaced in every run (used by tests and benchmarks)."""
-    runs = tuple(replace(c, **overrides) for c in grid.runs)
-    rehash = {c2.hash(): grid.resolved_args[c1.hash()] for c1, c2 in zip(grid.runs, runs)}
-    counts = {c2.hash(): grid.counts[c1.hash()] for c1, c2 in zip(grid.runs, runs)}
-    return replace(grid, runs=runs, resolved_args=rehash, counts=counts)
-
-
-def describe(run: RunConfig) -> dict[str, Any]:
-    return {"name": run.name, "arch": run.arch, "method": run.method, **run.method_args, "seed": run.seed}
