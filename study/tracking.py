@@ -3,14 +3,19 @@
 The default store is embedded: a SQLite file in the project (`mlflow.db`) with artifacts beside it
 (`mlartifacts/`), created on first use, no server to start.  Several worker processes may write to
 it at once; SQLite then answers "database is locked" now and then, so every write goes through
-`_retry`, which backs off and tries again instead of losing the write (`tests/test_concurrency.py`).
+`_retry`, which backs off and tries again instead of losing the write (`tests/test_scaleout.py`).
+Ctrl-C is held back for the length of each store call: a KeyboardInterrupt raised inside SQLAlchemy
+skips its rollback (it catches only `Exception`) and leaves a write lock that no later client could
+take, so the interrupt is delivered just after the call instead.
 """
 from __future__ import annotations
 
 import functools
 import os
 import random
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -31,12 +36,27 @@ def _transient(e: Exception) -> bool:
     return any(s in text for s in ("database is locked", "locked", "busy", "connection", "timed out", "503"))
 
 
+def _without_interrupt(fn, *a, **kw):
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*a, **kw)  # Python runs signal handlers on the main thread only
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda *sig: held.append(sig))
+    try:
+        return fn(*a, **kw)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(*held[0])  # the default handler raises KeyboardInterrupt here, after the call
+        elif held and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def _retry(fn, attempts: int = 30):
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         for i in range(attempts):
             try:
-                return fn(*a, **kw)
+                return _without_interrupt(fn, *a, **kw)
             except Exception as e:  # sqlalchemy's OperationalError arrives wrapped or bare
                 if i == attempts - 1 or not _transient(e):
                     raise

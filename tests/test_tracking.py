@@ -127,3 +127,30 @@ def test_rerun_skips_finished_runs(grid_run, runs, cli):
         assert len(client.get_metric_history(run.info.run_id, "val_acc")) == EPOCHS
     status = cli("status", grid_run["path"], "--tracking-uri", grid_run["uri"], "--output", grid_run["tmp"] / "out")
     assert status.returncode == 0 and status.stdout.count("done") == 2, status.stdout
+
+
+def test_ctrl_c_during_a_store_write_lands_after_the_write(tmp_path):
+    """SIGINT arriving mid-write must neither cut the write nor leave a lock for the next client."""
+    import os
+    import signal
+    import time
+
+    from study.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    run_id = tracker.create(tracker.experiment("interrupts"), "r", {})
+    write = tracker.client.log_batch
+
+    def write_while_interrupted(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the signal is handled here, in the middle of the call
+        return write(*a, **kw)
+
+    tracker.client.log_batch = write_while_interrupted
+    with pytest.raises(KeyboardInterrupt):
+        tracker.log(run_id, tags={"first": "1"})
+    fresh = Tracker(uri)  # same process: MLflow hands it the same cached engine
+    fresh.log(run_id, tags={"second": "2"})
+    tags = fresh.client.get_run(run_id).data.tags
+    assert tags["first"] == "1" and tags["second"] == "2"
