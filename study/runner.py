@@ -85,7 +85,8 @@ def run_one(job: Job) -> Outcome:
 
     ckpt_dir = Path(job.checkpoint_dir) / h
     try:
-        result = _train_logged(cfg, job, ckpt_dir, on_epoch)
+        result = train(cfg, job.data_root, ckpt_dir, device=job.device, on_epoch=on_epoch,
+                       resolved_args=job.resolved_args)
         channels, *size = get_arch(cfg.arch).input_size
         size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
         counts = accounting.account(result.model, (channels, *size))
@@ -102,24 +103,13 @@ def run_one(job: Job) -> Outcome:
             old.unlink(missing_ok=True)
         return Outcome(cfg.name, DONE, "", final.get("test_acc_at_best_val"), len(result.history))
     except KeyboardInterrupt:
-        # this process's database session may have been cut mid-write: the caller marks the run
-        # KILLED through a fresh client (`mark_killed`)
-        raise
+        raise  # the caller marks every interrupted run KILLED (`mark_killed`)
     except Exception as e:  # isolate: this run fails, the grid goes on
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:480]
         log.error("run %s failed: %s\n%s", cfg.name, reason, traceback.format_exc())
         tracker.log(run_id, tags={"failure_reason": reason})
         tracker.set_status(run_id, FAILED)
         return Outcome(cfg.name, FAILED, reason)
-
-
-def _train_logged(cfg, job, ckpt_dir, on_epoch):
-    # epochs that a checkpoint holds but MLflow missed (a kill between the two) are logged first
-    state = checkpoint.load_latest(ckpt_dir)
-    for metrics in (state or {}).get("history", []):
-        on_epoch(metrics)
-    return train(cfg, job.data_root, ckpt_dir, device=job.device, on_epoch=on_epoch,
-                 resolved_args=job.resolved_args)
 
 
 def _device_name(device: torch.device) -> str:

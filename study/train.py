@@ -111,7 +111,9 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
           on_epoch: Callable[[dict], None] | None = None, resolved_args: dict | None = None) -> Result:
     """Train `cfg` to the end (resuming from `checkpoint_dir` if it holds a good checkpoint).
 
-    `on_epoch(metrics)` is called once per finished epoch, after the epoch is checkpointed.
+    `on_epoch(metrics)` is called for every epoch of the history: first for the epochs restored from a
+    checkpoint (a caller killed between checkpoint and logging catches up on them; it ignores the ones
+    it already has), then for each newly finished epoch, after that epoch is checkpointed.
     `resolved_args` are the method's arguments with any budget search already done.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -144,6 +146,8 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
         torch.set_rng_state(state["rng"]["torch"])
         loaders.train.generator.set_state(state["rng"]["loader"])
         history, start_epoch = list(state["history"]), state["epoch"]
+        for metrics in history if on_epoch else ():
+            on_epoch(metrics)
     forward = torch.compile(model) if cfg.compile else model
 
     for epoch in range(start_epoch, cfg.epochs):

@@ -59,14 +59,29 @@ def test_kill_minus_9_then_rerun_matches_an_uninterrupted_grid(tmp_path, data_ro
     assert _final(store, "resume") == _final(reference, "resume")  # bitwise, fixed thread count
 
 
-def _tiny_cfg(**kw) -> RunConfig:
-    return RunConfig(arch="resnet20", method="csg", method_args={"slice": 16, "code_dim": 16}, epochs=3,
-                     batch_size=64, lr=0.1, schedule="onecycle", warmup_epochs=1, train_subset=384, val_size=256,
-                     test_subset=256, **kw)
+def _tiny_cfg(**overrides) -> RunConfig:
+    return RunConfig(**{"arch": "resnet20", "method": "csg", "method_args": {"slice": 16, "code_dim": 16},
+                        "epochs": 3, "batch_size": 64, "lr": 0.1, "schedule": "onecycle", "warmup_epochs": 1,
+                        "train_subset": 384, "val_size": 256, "test_subset": 256, **overrides})
 
 
 class Crash(RuntimeError):
     pass
+
+
+def test_epochs_checkpointed_but_never_reported_are_reported_on_resume(tmp_path, data_root):
+    torch.set_num_threads(1)
+    cfg, reported = _tiny_cfg(epochs=2), []
+
+    def killed_before_reporting_two(metrics):
+        if metrics["epoch"] == 2:  # epoch 2 is on disk, but its metrics never reach the tracker
+            raise Crash
+        reported.append(metrics["epoch"])
+
+    with pytest.raises(Crash):
+        train(cfg, data_root, tmp_path, on_epoch=killed_before_reporting_two)
+    train(cfg, data_root, tmp_path, on_epoch=lambda m: reported.append(m["epoch"]))
+    assert reported == [1, 1, 2]  # the restored history is replayed; the caller drops what it has
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path, data_root, caplog):
