@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import breakdown as breakdown_mod
-from analysis import figures, reference, tables
+from analysis import evidence, figures, reference, tables
 from analysis.load import (FINAL_METRICS, REPO, Runs, config_keys, epochs_wide, python_value)
 from analysis.stats import HEADLINE, comparisons, summarize, varying_protocol
 
@@ -224,7 +224,7 @@ def write(runs: Runs, out: Path, x: str = "total") -> dict[str, list[Path]]:
     man_path = out / "manifest.csv"
     manifest(runs).to_csv(man_path, index=False, float_format="%.10g", lineterminator="\n")
 
-    text = render(runs, summary, comp, tabs, skipped, x, protocol_cols)
+    text = render(runs, summary, comp, tabs, skipped, x, evidence.findings(summary, comp, fin, ref))
     (out / "REPORT.md").write_text(text)
     written["report"] = [out / "REPORT.md", man_path]
     return written
@@ -245,7 +245,7 @@ FIGURE_CAPTIONS = {
 }
 
 
-def render(runs: Runs, summary, comp, tabs, skipped, x, protocol_cols) -> str:
+def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str]) -> str:
     allr, fin = runs.runs, runs.finished
     exps = runs.experiments
     counts = allr["status"].value_counts()
@@ -266,6 +266,11 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, protocol_cols) -> str:
     heads = headline_sentences(comp)
     if heads:
         L += ["## Headline", ""] + [f"- {h}" for h in heads] + [""]
+    L += ["## What the evidence says", "", "Computed from the runs: a difference is called one only when its 95% "
+          "interval excludes zero; '≈' marks an interval from the pooled seed-to-seed SD where a side ran one seed.",
+          ""]
+    for f in findings:
+        L += [f, ""]
     L += ["## How our protocol differs from the paper's", ""]
     for p in protocol_paragraphs(runs, summary):
         L += [p, ""]

@@ -3,7 +3,9 @@
 A configuration (a *group*) is every config value except the seed.  With one seed there is no
 interval.  Two configurations are tested only where both have at least two seeds: a paired t-test
 over the seeds they share when their seed sets are identical (the seed fixes the validation split and
-the data order, so runs with the same seed are paired), otherwise Welch's unequal-variance t-test.
+the data order, so runs with the same seed are paired), otherwise Welch's unequal-variance t-test.  Each test carries a 95% interval for the difference, and
+the p-values of one table are adjusted together (Benjamini–Hochberg).  Where a side has one seed, an
+approximate interval uses the seed-to-seed SD pooled over the grid (`pooled_seed_sd`), labelled as such.
 
 The headline accuracy is `test_acc_at_best_val` (test accuracy at the epoch of best validation
 accuracy); `final_test_acc` is reported beside it, and `best_test_acc` (the best test epoch, the
@@ -42,7 +44,7 @@ def describe(values) -> dict:
     if n >= 2:
         std = float(x.std(ddof=1))
         sem = std / math.sqrt(n)
-        half = float(sps.t.ppf(0.5 + CONFIDENCE / 2, df=n - 1)) * sem
+        half = _t(n - 1) * sem
         out.update(std=std, sem=sem, half_width=half, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
     return out
 
@@ -56,7 +58,7 @@ def compare(a: pd.Series, b: pd.Series) -> dict:
     a, b = a.dropna().astype(float), b.dropna().astype(float)
     out = {"test": "none (needs >= 2 seeds on each side)", "statistic": math.nan, "df": math.nan,
            "pvalue": math.nan, "diff": (a.mean() - b.mean()) if len(a) and len(b) else math.nan,
-           "n_a": len(a), "n_b": len(b)}
+           "ci_low": math.nan, "ci_high": math.nan, "n_a": len(a), "n_b": len(b)}
     if len(a) < 2 or len(b) < 2:
         return out
     if a.index.is_unique and b.index.is_unique and set(a.index) == set(b.index):
@@ -65,14 +67,54 @@ def compare(a: pd.Series, b: pd.Series) -> dict:
         d = a.loc[seeds].to_numpy() - b.loc[seeds].to_numpy()
         if np.allclose(d, d[0]):  # a constant difference: the paired statistic is undefined
             return {**out, "test": "paired t-test (by seed); constant difference, undefined"}
+        half = _t(len(seeds) - 1) * d.std(ddof=1) / math.sqrt(len(seeds))
         out.update(test="paired t-test (by seed)", statistic=float(res.statistic), df=float(len(seeds) - 1),
-                   pvalue=float(res.pvalue))
+                   pvalue=float(res.pvalue), ci_low=out["diff"] - half, ci_high=out["diff"] + half)
     else:
         res = sps.ttest_ind(a.to_numpy(), b.to_numpy(), equal_var=False)
         va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
         df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.nan
-        out.update(test="Welch t-test", statistic=float(res.statistic), df=float(df), pvalue=float(res.pvalue))
+        half = _t(df) * math.sqrt(va + vb) if not math.isnan(df) else math.nan
+        out.update(test="Welch t-test", statistic=float(res.statistic), df=float(df), pvalue=float(res.pvalue),
+                   ci_low=out["diff"] - half, ci_high=out["diff"] + half)
     return out
+
+
+def _t(df: float) -> float:
+    """The two-sided critical value of Student's t at CONFIDENCE."""
+    return float(sps.t.ppf(0.5 + CONFIDENCE / 2, df=df))
+
+
+def pooled_seed_sd(finished: pd.DataFrame, metric: str = HEADLINE) -> tuple[float, int]:
+    """The seed-to-seed standard deviation pooled over every configuration with >= 2 seeds, and its df.
+
+    It lets a one-seed comparison be set against the noise this grid shows, on the stated assumption
+    that every method is about as noisy as the ones run with several seeds.
+    """
+    ss, df = 0.0, 0
+    for _, g in finished.groupby("group"):
+        x = g[metric].dropna().astype(float)
+        if len(x) >= 2:
+            ss += float(((x - x.mean()) ** 2).sum())
+            df += len(x) - 1
+    return (math.sqrt(ss / df), df) if df else (math.nan, 0)
+
+
+def approximate_interval(diff: float, n_a: int, n_b: int, sd: float, df: int) -> tuple[float, float]:
+    """A 95% interval for a difference of means from the pooled seed SD (for sides with too few seeds)."""
+    if not df or math.isnan(sd) or not n_a or not n_b:
+        return math.nan, math.nan
+    half = _t(df) * sd * math.sqrt(1 / n_a + 1 / n_b)
+    return diff - half, diff + half
+
+
+def adjust_pvalues(p: pd.Series) -> pd.Series:
+    """Benjamini–Hochberg adjusted p-values (q) over the tests that were run; NaN where none was."""
+    q = pd.Series(math.nan, index=p.index, dtype=float)
+    ran = p.dropna()
+    if len(ran):
+        q[ran.index] = sps.false_discovery_control(ran.to_numpy(), method="bh")
+    return q
 
 
 # -- per configuration ----------------------------------------------------------------------------
@@ -180,7 +222,8 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
                     row[f"{m}_{k}"] = other[f"{m}_{k}"]
             for m in ("test_acc_at_best_val", "final_test_acc"):
                 if relation == "CSG":
-                    res = {"test": "", "statistic": math.nan, "df": math.nan, "pvalue": math.nan, "diff": math.nan}
+                    res = {"test": "", "statistic": math.nan, "df": math.nan, "pvalue": math.nan, "diff": math.nan,
+                           "ci_low": math.nan, "ci_high": math.nan}
                 else:
                     a = by_group_seed[other["group"]][m]
                     b = by_group_seed[csg["group"]][m]
@@ -191,5 +234,9 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
                 row[f"{prefix}t"] = res["statistic"]
                 row[f"{prefix}df"] = res["df"]
                 row[f"{prefix}p"] = res["pvalue"]
+                row[f"{prefix}diff_ci_low"], row[f"{prefix}diff_ci_high"] = res["ci_low"], res["ci_high"]
             rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    for prefix in ("", "final_"):  # one family per accuracy metric: every test of the table
+        out[f"{prefix}q"] = adjust_pvalues(out[f"{prefix}p"])
+    return out

@@ -214,8 +214,10 @@ def method_comparison(comp: pd.DataFrame) -> Table:
             METRIC_LABEL["final_test_acc"] + " [95% CI]": fmt_acc_row(r, "final_test_acc"),
             METRIC_LABEL["best_test_acc"]: fmt_float(r["best_test_acc_mean"]),
             "Δ vs CSG": fmt_signed(r["diff_vs_csg"]),
+            "Δ 95% CI": DASH if _nan(r["diff_ci_low"]) else
+            f"[{fmt_signed(r['diff_ci_low'])}, {fmt_signed(r['diff_ci_high'])}]",
             "test": r["test"] or DASH,
-            "t": fmt_float(r["t"], 3), "p": fmt_p(r["p"]),
+            "t": fmt_float(r["t"], 3), "p": fmt_p(r["p"]), "q (BH)": fmt_p(r["q"]),
             "Δ final": fmt_signed(r["final_diff_vs_csg"]), "p final": fmt_p(r["final_p"]),
         })
     notes = ["For each CSG configuration: the plain network (same architecture and training protocol) and every "
@@ -223,8 +225,8 @@ def method_comparison(comp: pd.DataFrame) -> Table:
              "'params (own count)' is each method's budget count (e.g. nonzero for pruning, stored for CSG).",
              "Δ = method − CSG in accuracy points (test accuracy at best validation epoch; 'Δ final' for the final "
              "epoch). Tests: paired t-test over seeds when both sides ran the same seeds, Welch's t-test otherwise; "
-             "none when a side has fewer than 2 seeds. p-values are two-sided and not corrected for multiple "
-             "comparisons."]
+             "none when a side has fewer than 2 seeds. p-values are two-sided; q is the Benjamini–Hochberg "
+             "adjusted p-value over every test in this table (false discovery rate)."]
     data = comp if not comp.empty else pd.DataFrame(columns=["arch", "csg_group", "relation", "group"])
     return Table("method_comparison", "CSG vs the plain network and vs baselines at matched budgets",
                  pd.DataFrame(disp), data, notes)

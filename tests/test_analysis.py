@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from analysis import stats, tables
 from analysis.figures import FIGURES, pareto_front
@@ -70,6 +71,38 @@ def test_paired_when_seeds_match():
 def test_no_test_below_two_seeds():
     res = stats.compare(pd.Series([90.0], index=[0]), pd.Series([89.0, 90.0], index=[0, 1]))
     assert res["test"].startswith("none") and math.isnan(res["pvalue"])
+
+
+def test_difference_intervals_by_hand():
+    a = pd.Series([90.0, 91.0, 93.0], index=[0, 1, 2])
+    paired = stats.compare(a, pd.Series([89.0, 91.5, 91.0], index=[2, 0, 1]))
+    d = np.array([-1.5, 0.0, 4.0])                              # by seed: 90-91.5, 91-91, 93-89
+    half = 4.302653 * d.std(ddof=1) / math.sqrt(3)              # t_{0.975, 2}
+    assert paired["ci_low"] == pytest.approx(d.mean() - half, abs=1e-5)
+    assert paired["ci_high"] == pytest.approx(d.mean() + half, abs=1e-5)
+    welch = stats.compare(a, pd.Series([88.0, 89.0, 90.0], index=[5, 6, 7]))
+    se = math.sqrt(7 / 3 / 3 + 1 / 3)                           # var_a = 7/3, var_b = 1, n = 3 each
+    df = (7 / 9 + 1 / 3) ** 2 / ((7 / 9) ** 2 / 2 + (1 / 3) ** 2 / 2)  # Welch-Satterthwaite: 3.4054
+    tcrit = float(sps.t.ppf(0.975, df))
+    assert welch["ci_high"] - welch["ci_low"] == pytest.approx(2 * tcrit * se, rel=1e-9)
+    assert (welch["ci_low"] + welch["ci_high"]) / 2 == pytest.approx(91.0 + 1 / 3 - 89.0, abs=1e-9)
+
+
+def test_pooled_seed_sd_and_its_interval_by_hand():
+    fin = pd.DataFrame({"group": ["a", "a", "a", "b", "b", "c"], "seed": [0, 1, 2, 0, 1, 0],
+                        stats.HEADLINE: [90.0, 91.0, 93.0, 88.0, 89.0, 70.0]})
+    sd, df = stats.pooled_seed_sd(fin)
+    # group a: SS = 4.6667 (df 2); group b: SS = 0.5 (df 1); c has one seed and adds nothing
+    assert df == 3 and sd == pytest.approx(math.sqrt((14 / 3 + 0.5) / 3), abs=1e-9)
+    lo, hi = stats.approximate_interval(1.0, 1, 2, sd, df)
+    assert hi - 1.0 == pytest.approx(3.182446 * sd * math.sqrt(1 + 1 / 2), abs=1e-5)  # t_{0.975, 3}
+    assert math.isnan(stats.approximate_interval(1.0, 1, 1, math.nan, 0)[0])
+
+
+def test_benjamini_hochberg_by_hand():
+    q = stats.adjust_pvalues(pd.Series([0.01, np.nan, 0.04, 0.03]))
+    # sorted p: 0.01, 0.03, 0.04 (m = 3) -> 0.03, 0.04, 0.04 after the step-up minimum
+    assert list(q.round(10).fillna(-1)) == [0.03, -1, 0.04, 0.04]
 
 
 def test_params_parsed_into_types():
@@ -142,7 +175,6 @@ def test_table_numbers_equal_the_frame(report_dir, runs):
         assert row["final_test_acc_mean"] == pytest.approx(g["final_test_acc"].mean(), abs=1e-8)
         assert row["best_test_acc_mean"] == pytest.approx(g["best_test_acc"].mean(), abs=1e-8)
         if len(x) >= 2:
-            from scipy import stats as sps
             half = sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
             assert row["test_acc_at_best_val_ci_low"] == pytest.approx(x.mean() - half, abs=1e-8)
             assert row["test_acc_at_best_val_ci_high"] == pytest.approx(x.mean() + half, abs=1e-8)
@@ -171,7 +203,6 @@ def test_method_comparison_uses_the_right_test(report_dir, runs):
     fin = runs.finished
     a = fin[fin["group"] == by.loc["prune", "group"]].set_index("seed")["test_acc_at_best_val"]
     b = fin[fin["group"] == by.loc["csg", "group"]].set_index("seed")["test_acc_at_best_val"]
-    from scipy import stats as sps
     ref = sps.ttest_rel(a.loc[[0, 1, 2]], b.loc[[0, 1, 2]])
     assert by.loc["prune", "t"] == pytest.approx(ref.statistic, abs=1e-8)
     assert by.loc["prune", "p"] == pytest.approx(ref.pvalue, abs=1e-8)
@@ -247,3 +278,29 @@ def test_empty_store_exits_2(tmp_path, capsys):
     assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no runs" in err[0]
+
+
+def test_evidence_section_states_the_intervals_it_computes(report_dir, runs):
+    text = (report_dir / "REPORT.md").read_text()
+    section = text[text.index("## What the evidence says"):text.index("## How our protocol differs")]
+    fin = runs.finished
+    r20 = fin[fin["arch"] == "resnet20"]
+
+    def acc(method, variant=None):
+        rows = r20[(r20["method"] == method) & ((r20["variant"] == variant) if variant else True)]
+        return rows.set_index("seed")[stats.HEADLINE]
+
+    plain, csg = acc("none"), acc("csg", "S16 d72")
+    d = (plain - csg).loc[[0, 1, 2]].to_numpy()                    # plain and CSG 16/72 share seeds 0,1,2
+    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert f"[{tables.fmt_signed(d.mean() - half)}, {tables.fmt_signed(d.mean() + half)}] (paired t-test" in section
+    binary = stats.compare(acc("csg", "S16 d72 binary"), csg)      # seeds 0,1 vs 0,1,2: Welch
+    line = next(p for p in section.split("\n\n") if p.startswith("CSG S16 d72 binary"))
+    assert f"[{tables.fmt_signed(binary['ci_low'])}, {tables.fmt_signed(binary['ci_high'])}] (Welch" in line
+    assert ("costs accuracy" in line) == (binary["ci_high"] < 0)
+    # resnet56's CSG ran one seed: its contrast with plain is the only approximate one
+    assert section.count("(pooled seed SD)") == 1
+    sd, df = stats.pooled_seed_sd(fin)
+    assert f"seed-to-seed SD {sd:.2f} points, pooled over {df} degree(s)" in section
+    comp = pd.read_csv(report_dir / "tables" / "method_comparison.csv")
+    assert list(comp["q"].dropna()) == pytest.approx(list(stats.adjust_pvalues(comp["p"]).dropna()), rel=1e-8)
