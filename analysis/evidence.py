@@ -77,6 +77,10 @@ class Evidence:
     def same_protocol(self, a: str, b: str) -> bool:
         return self.protocol.get(a) == self.protocol.get(b)
 
+    def related(self, relation: str) -> pd.DataFrame:
+        """The method-comparison rows of one relation ('plain network' or 'matched budget')."""
+        return self.comp[self.comp["relation"] == relation] if len(self.comp) else pd.DataFrame(columns=["csg_group"])
+
     def csg_rows(self) -> pd.DataFrame:
         return self.summary[self.summary["method"] == "csg"]
 
@@ -96,8 +100,7 @@ class Evidence:
     # -- the findings ------------------------------------------------------------------------------
     def against_plain(self) -> list[str]:
         out = []
-        plain_rows = self.comp[self.comp["relation"] == "plain network"] if len(self.comp) else self.comp
-        for _, p in plain_rows.iterrows():
+        for _, p in self.related("plain network").iterrows():
             csg = self.row(p["csg_group"])
             if _arg(csg, "generator") != "learned" or _arg(csg, "layout") != "contiguous":
                 continue  # those are judged against their learned / contiguous twin below
@@ -119,10 +122,7 @@ class Evidence:
 
     def against_baselines(self) -> list[str]:
         out = []
-        if not len(self.comp):
-            return out
-        matched = self.comp[self.comp["relation"] == "matched budget"]
-        for csg_group, m in matched.groupby("csg_group", sort=False):
+        for csg_group, m in self.related("matched budget").groupby("csg_group", sort=False):
             csg = self.row(csg_group)
             items, tally = [], {"above": 0, "below": 0, "open": 0}
             for _, b in m.iterrows():
@@ -186,7 +186,7 @@ class Evidence:
 
     def paper(self) -> list[str]:
         out = []
-        for _, p in (self.comp[self.comp["relation"] == "plain network"] if len(self.comp) else self.comp).iterrows():
+        for _, p in self.related("plain network").iterrows():
             csg = self.row(p["csg_group"])
             if _arg(csg, "generator") != "learned" or _arg(csg, "policy") != "authors":
                 continue
