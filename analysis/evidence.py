@@ -242,5 +242,9 @@ def findings(summary: pd.DataFrame, comp: pd.DataFrame, finished: pd.DataFrame, 
     for title, paragraphs in sections:
         if paragraphs:
             out.append(f"**{title}.**\n\n" + "\n\n".join(paragraphs))
-    out.append("**How firm this is.** " + ev.thin())
+    if ev.tested + ev.approximated:
+        out.append("**How firm this is.** " + ev.thin())
+    else:
+        out.append("Nothing to compare: no CSG configuration finished beside a plain network, a baseline at its "
+                   "budget or a twin configuration.")
     return out

@@ -237,6 +237,8 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
                 row[f"{prefix}diff_ci_low"], row[f"{prefix}diff_ci_high"] = res["ci_low"], res["ci_high"]
             rows.append(row)
     out = pd.DataFrame(rows)
+    if out.empty:  # no CSG configuration finished: nothing to compare with
+        return out
     for prefix in ("", "final_"):  # one family per accuracy metric: every test of the table
         out[f"{prefix}q"] = adjust_pvalues(out[f"{prefix}p"])
     return out

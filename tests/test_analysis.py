@@ -304,3 +304,13 @@ def test_evidence_section_states_the_intervals_it_computes(report_dir, runs):
     assert f"seed-to-seed SD {sd:.2f} points, pooled over {df} degree(s)" in section
     comp = pd.read_csv(report_dir / "tables" / "method_comparison.csv")
     assert list(comp["q"].dropna()) == pytest.approx(list(stats.adjust_pvalues(comp["p"]).dropna()), rel=1e-8)
+
+
+def test_a_grid_without_csg_reports_that_there_is_nothing_to_compare(runs):
+    from analysis.evidence import findings
+    from analysis.reference import paper_reference
+    plain = runs.finished[runs.finished["method"] == "none"]
+    summary = stats.summarize(plain)
+    comp = stats.comparisons(summary, plain)
+    assert comp.empty
+    assert findings(summary, comp, plain, paper_reference())[-1].startswith("Nothing to compare")
