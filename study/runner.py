@@ -42,6 +42,7 @@ class Job:
     threads: int
     retry_failed: bool = False
     device: str | None = None
+    git_commit: str = "unknown"  # read once by the launcher: the code it loaded, even if the tree moves on
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def run_one(job: Job) -> Outcome:
     if existing is None:
         run_id = tracker.create(exp, cfg.name, {
             "config_hash": h, "grid": job.grid, "arch": cfg.arch, "method": cfg.method,
-            "git_commit": git_commit(), "torch_version": torch.__version__, "device": _device_name(device)})
+            "git_commit": job.git_commit, "torch_version": torch.__version__, "device": _device_name(device)})
         method = get_method(cfg.method)
         tracker.log(run_id, params={**cfg.flat_params(), **job.resolved_args, "budget_count": method.count,
                                     "knob": method.knob or ""})
@@ -129,7 +130,9 @@ def jobs_for(grid: Grid, tracking_uri: str, data_root: str, output_root: Path, n
              retry_failed: bool = False, threads: int | None = None) -> list[Job]:
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
     ckpt = str(output_root / grid.output / "checkpoints") if grid.output else str(output_root / "checkpoints")
-    return [Job(c, grid.resolved_args[c.hash()], grid.name, tracking_uri, data_root, ckpt, threads, retry_failed)
+    commit = git_commit()
+    return [Job(c, grid.resolved_args[c.hash()], grid.name, tracking_uri, data_root, ckpt, threads, retry_failed,
+                git_commit=commit)
             for c in grid.runs]
 
 
