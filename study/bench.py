@@ -1,6 +1,6 @@
 """`python -m study bench`: how fast the harness trains and evaluates, CSG against plain, on this machine.
 
-Three measurements, all in one process except the memory probes:
+Four measurements, all in one process except the memory and worker probes:
 
 1. **Throughput** (images/s), training steps and evaluation batches, for each architecture's plain
    network and its CSG versions, on the harness's path (bf16 autocast where the CPU has AMX or
@@ -20,6 +20,12 @@ Three measurements, all in one process except the memory probes:
    the gain into data path and precision.  Evaluation is not part of either epoch.
 3. **Peak resident memory** (VmHWM): this process's, and that of two fresh processes (started
    together) that load CIFAR-10 the way a run does and train a few steps of ResNet-56, plain and CSG.
+4. **Two workers or one** (`--workers-images`): two equal runs of `study.train.train` (the plain
+   `--epoch-arch`, one epoch over that many real training images, evaluation included), first one
+   after the other in fresh processes with all the threads, then both at once in two fresh processes
+   with half the threads each, as `run --jobs 2` would.  Every process imports first and starts
+   training only on a signal, so import time is not counted and the two parallel runs start together.
+   `jobs2_over_sequential` = parallel wall time / the sum of the sequential times.
 
 `--compile` measures the throughput of `torch.compile`d models instead (plain and CSG alike; CSG
 layers trace their generator product into the graph when compiled).
@@ -85,6 +91,8 @@ def add_arguments(parser):
     parser.add_argument("--epoch-arch", default="resnet20", help="plain model of the epoch comparison")
     parser.add_argument("--memory-steps", type=_non_negative, default=3,
                         help="training steps of the ResNet-56 memory probes (0: skip the probes)")
+    parser.add_argument("--workers-images", type=_non_negative, default=10_000,
+                        help="training images per run of the two-workers comparison (0: skip it)")
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-bin/ or -py/ (default STUDY_DATA_ROOT)")
     parser.add_argument("--json", action="store_true")
 
@@ -411,6 +419,12 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
+def _wait_for_go() -> None:
+    """A probe's barrier: tell the parent it is set up, then wait for its word to start."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
 def memory_probe(spec: dict) -> dict:
     """In a fresh process: load CIFAR-10 as a run does, build the model, train a few steps, evaluate one
     batch; report the process's peak resident memory."""
@@ -424,6 +438,7 @@ def memory_probe(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    _wait_for_go()
     before = _peak_rss_mb()
     cfg = RunConfig(arch=spec["arch"], method=spec["method"], method_args=spec["args"],
                     batch_size=spec["batch_size"], epochs=1)
@@ -451,20 +466,68 @@ def memory_probe(spec: dict) -> dict:
             "rss_after_data_mb": data_rss}
 
 
-def _probes_in_subprocesses(specs: list[dict]) -> list[dict]:
-    """One fresh process per probe, all started at once (each measures only its own peak)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "study.bench", "--memory-probe", json.dumps(spec)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-             for spec in specs]
+def worker_probe(spec: dict) -> dict:
+    """In a fresh process: one run of `study.train.train` as a grid worker makes it (no store, no checkpoints)."""
+    import torch
+
+    from study.config import RunConfig
+    from study.train import train
+
+    torch.set_num_threads(spec["threads"])
+    cfg = RunConfig(arch=spec["arch"], epochs=1, batch_size=spec["batch_size"], precision=spec["precision"],
+                    train_subset=spec["images"], test_subset=spec["eval_images"], seed=spec["seed"])
+    _wait_for_go()
+    t = time.perf_counter()
+    result = train(cfg, spec["data_root"], device="cpu")
+    return {"threads": spec["threads"], "seconds": round(time.perf_counter() - t, 2),
+            "epoch_seconds": round(result.history[-1]["epoch_seconds"], 2)}
+
+
+PROBES = {"memory": memory_probe, "worker": worker_probe}
+
+
+def _in_subprocesses(kind: str, specs: list[dict]) -> list[dict]:
+    """One fresh process per spec, all started at once; each measures only itself, and starts measuring
+    only when every process has imported and set up (`_wait_for_go`)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "study.bench", "--probe", kind, json.dumps(spec)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=os.environ.copy()) for spec in specs]
+    for proc in procs:
+        proc.stdout.readline()  # "ready", or "" if the probe died first
+    for proc in procs:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
     out = []
     for spec, proc in zip(specs, procs):
         stdout, stderr = proc.communicate(timeout=1800)
         if proc.returncode != 0:
             tail = (stderr.strip().splitlines() or ["?"])[-1]
-            out.append({"arch": spec["arch"], "method": spec["method"], "error": tail})
+            out.append({**spec, "error": tail})
         else:
             out.append(json.loads(stdout.strip().splitlines()[-1]))
     return out
+
+
+def workers_comparison(a, precision: str, data_root, threads: int) -> dict:
+    spec = {"arch": a.epoch_arch, "images": a.workers_images, "eval_images": max(a.batch_size, a.workers_images // 5),
+            "batch_size": a.batch_size, "precision": precision, "data_root": str(data_root)}
+    half = max(1, threads // 2)
+    sequential = [_in_subprocesses("worker", [{**spec, "threads": threads, "seed": s}])[0] for s in (0, 1)]
+    parallel = _in_subprocesses("worker", [{**spec, "threads": half, "seed": s} for s in (0, 1)])
+    runs = sequential + parallel
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        return {"error": failed[0], "settings": spec}
+    one_after_other = sum(r["seconds"] for r in sequential)
+    together = max(r["seconds"] for r in parallel)
+    return {"jobs2_over_sequential": round(together / one_after_other, 3),
+            "sequential": {"threads": threads, "runs_seconds": [r["seconds"] for r in sequential],
+                           "total_seconds": round(one_after_other, 2)},
+            "parallel": {"threads_each": half, "runs_seconds": [r["seconds"] for r in parallel],
+                         "wall_seconds": together},
+            "settings": {**spec, "epochs": 1, "seeds": [0, 1],
+                         "timed": "study.train.train: data loading, one epoch, validation and test"}}
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -511,10 +574,12 @@ def run(a) -> dict:
         specs = [{"arch": MEMORY_ARCH, "method": method, "args": args, "batch_size": a.batch_size,
                   "precision": precision, "steps": a.memory_steps, "data_root": str(data_root),
                   "threads": torch.get_num_threads()} for method, args in (("none", {}), ("csg", mem_args))]
-        for spec, probe in zip(specs, _probes_in_subprocesses(specs)):
+        for spec, probe in zip(specs, _in_subprocesses("memory", specs)):
             memory[f"{MEMORY_ARCH}_{'plain' if spec['method'] == 'none' else 'csg'}_train_process"] = probe
         csg_probe = memory[f"{MEMORY_ARCH}_csg_train_process"]
         memory[f"{MEMORY_ARCH}_csg_train_peak_rss_mb"] = csg_probe.get("peak_rss_mb")
+
+    workers = workers_comparison(a, precision, data_root, torch.get_num_threads()) if a.workers_images else None
 
     def smallest(key):
         worst = min(csg_rows, key=lambda r: r[key])
@@ -527,10 +592,13 @@ def run(a) -> dict:
         "csg_over_plain_eval": eval_ratio, "csg_over_plain_eval_worst": eval_worst,
         "harness_speedup_over_reference": round(epoch["reference"]["epoch_seconds"]
                                                 / epoch["harness"]["epoch_seconds"], 3),
-        "targets": {"csg_over_plain_train": 0.90, "csg_over_plain_eval": 0.98},
+        **({"jobs2_over_sequential": workers.get("jobs2_over_sequential")} if workers else {}),
+        "targets": {"csg_over_plain_train": 0.90, "csg_over_plain_eval": 0.98, "harness_speedup_over_reference": 2.5,
+                    "jobs2_over_sequential": 0.6},
         "throughput": rows,
         "epoch": epoch,
         "memory": memory,
+        **({"workers": workers} if workers else {}),
         "hardware": {**hardware(precision), "compile": bool(a.compile)},
         "settings": {"archs": archs, "configs": {k: [_label(c) for c in v] for k, v in configs.items()},
                      "batch_size": a.batch_size, "steps": a.steps, "repeats": a.repeats, "warmup": a.warmup,
@@ -545,11 +613,12 @@ def run(a) -> dict:
     }
 
 
-def main(argv=None) -> int:  # `python -m study.bench --memory-probe SPEC`: the memory probe's process
+def main(argv=None) -> int:  # `python -m study.bench --probe KIND SPEC`: one probe's process
     p = argparse.ArgumentParser(prog="python -m study.bench")
-    p.add_argument("--memory-probe", required=True)
+    p.add_argument("--probe", nargs=2, metavar=("KIND", "SPEC"), required=True)
     a = p.parse_args(argv)
-    print(json.dumps(memory_probe(json.loads(a.memory_probe))))
+    kind, spec = a.probe
+    print(json.dumps(PROBES[kind](json.loads(spec))))
     return 0
 
 

@@ -274,7 +274,7 @@ def test_cifar_loader_batches_equal_torchvision_transforms(cifar):
 def test_bench_json_tiny(cli, data_root):
     proc = cli("bench", "--archs", "resnet20", "--configs", "16/72", "--batch-size", "16", "--steps", "1",
                "--repeats", "2", "--warmup", "1", "--reference-epoch-images", "48", "--memory-steps", "1",
-               "--data-root", data_root, "--json")
+               "--workers-images", "64", "--data-root", data_root, "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     for key in ("csg_over_plain_train", "csg_over_plain_eval", "harness_speedup_over_reference"):
@@ -294,12 +294,19 @@ def test_bench_json_tiny(cli, data_root):
     mem = out["memory"]
     assert mem["bench_process_peak_rss_mb"] > 0 and mem["resnet56_csg_train_peak_rss_mb"] > 0
     assert mem["resnet56_plain_train_process"]["peak_rss_mb"] > 0
+    workers = out["workers"]
+    assert workers["sequential"]["total_seconds"] == pytest.approx(sum(workers["sequential"]["runs_seconds"]), abs=0.02)
+    assert workers["parallel"]["wall_seconds"] == max(workers["parallel"]["runs_seconds"])
+    assert workers["parallel"]["threads_each"] == max(1, workers["sequential"]["threads"] // 2)
+    assert out["jobs2_over_sequential"] == workers["jobs2_over_sequential"] == pytest.approx(
+        workers["parallel"]["wall_seconds"] / workers["sequential"]["total_seconds"], abs=1e-3)
 
 
 @pytest.mark.parametrize("argv", [
     ["--archs", "resnet99"], ["--archs", "imagenet_resnet50"], ["--configs", "16/x"],
     ["--configs", "resnet56:16/128"], ["--configs", "16/72/diagonal"], ["--batch-size", "0"],
     ["--precision", "fp64"], ["--steps", "-1"], ["--reference-epoch-images", "10"],
+    ["--workers-images", "-5"],
 ])
 def test_bench_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert cli_main(["bench", "--archs", "resnet20", *argv] if argv[0] != "--archs" else ["bench", *argv]) == 2
