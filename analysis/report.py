@@ -157,12 +157,11 @@ def headline_sentences(comp: pd.DataFrame) -> list[str]:
     for csg_group, c in comp.groupby("csg_group", sort=False):
         csg = c[c["relation"] == "CSG"].iloc[0]
         for _, r in c[c["relation"] == "plain network"].iterrows():
-            ratio = (r["params_total"] / csg["params_stored"]) if csg["params_stored"] else math.nan
             test = "no test (fewer than 2 seeds on a side)" if math.isnan(r["p"]) else \
                 f"{r['test']}, p = {tables.fmt_p(r['p'])}"
             out.append(f"{csg['arch']}, CSG {csg['csg_variant']}: {tables.fmt_acc_row(csg, HEADLINE)} vs plain "
                        f"{tables.fmt_acc_row(r, HEADLINE)} (Δ plain − CSG = {tables.fmt_signed(r['diff_vs_csg'])} "
-                       f"points; {test}) with {ratio:.2f}× fewer stored parameters.")
+                       f"points; {test}) with {tables.fmt_fewer(r['params_total'], csg['params_stored'])} stored parameters.")
     return out
 
 

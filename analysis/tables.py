@@ -36,6 +36,14 @@ def fmt_signed(x, digits: int = 2) -> str:
     return DASH if _nan(x) else f"{float(x):+.{digits}f}"
 
 
+def fmt_fewer(reference, ours) -> str:
+    """'1.53× fewer' / '1.16× more': how many parameters `ours` has against `reference`."""
+    if _nan(reference) or _nan(ours) or not ours or not reference:
+        return DASH
+    ratio = float(reference) / float(ours)
+    return f"{ratio:.2f}× fewer" if ratio >= 1 else f"{1 / ratio:.2f}× more"
+
+
 def fmt_p(p) -> str:
     if _nan(p):
         return DASH

@@ -314,3 +314,9 @@ def test_a_grid_without_csg_reports_that_there_is_nothing_to_compare(runs):
     comp = stats.comparisons(summary, plain)
     assert comp.empty
     assert findings(summary, comp, plain, paper_reference())[-1].startswith("Nothing to compare")
+
+
+def test_parameter_ratios_read_fewer_or_more():
+    assert tables.fmt_fewer(269_722, 176_698) == "1.53× fewer"
+    assert tables.fmt_fewer(269_722, 312_218) == "1.16× more"  # CSG 16/128 on ResNet-20 is larger than plain
+    assert tables.fmt_fewer(269_722, 0) == tables.DASH
