@@ -32,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
     r.add_argument("--experiment", default=None, help="experiment (grid) name; default: every experiment with runs")
     r.add_argument("--out", default=str(REPO / "results"), help="output folder (default: <repo>/results)")
-    r.add_argument("--x", default="total", choices=["total", "stored", "nonzero"],
-                   help="parameter count on the x axis of the accuracy-vs-parameters figure")
+    r.add_argument("--x", default="budget", choices=["budget", "total", "stored", "nonzero"],
+                   help="parameter count on the x axis of the accuracy-vs-parameters figure (default: each "
+                        "method's own budget count: stored for CSG, nonzero for pruning, ...)")
     u = sub.add_parser("ui", help="run `mlflow ui` on the store, bound to 127.0.0.1")
     u.add_argument("--tracking-uri", default=None, help="MLflow store (default as for `report`)")
     u.add_argument("--port", type=int, default=5000, help="port (default 5000)")

@@ -12,13 +12,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis import reference  # noqa: E402
 from analysis.load import METHOD_LABEL, METHOD_ORDER, arch_rank, python_value  # noqa: E402
-from analysis.stats import HEADLINE, METRIC_LABEL  # noqa: E402
+from analysis.stats import HEADLINE, METRIC_LABEL, counted  # noqa: E402
 
 PALETTE = sns.color_palette("colorblind", 10)
 MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p"]
@@ -90,6 +91,33 @@ def _num(v) -> float:
         return math.nan
 
 
+def _short_count(v: float, _pos=None) -> str:
+    """176,698 -> '177k', 1,500,000 -> '1.5M': tick labels that never collide."""
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def log_count_axis(axis) -> None:
+    """A log-scaled parameter axis labelled at 1, 2 and 5 of each decade, in k / M, no minor labels."""
+    axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(mticker.FuncFormatter(_short_count))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
+def plotted_counts(summary: pd.DataFrame, x: str) -> pd.Series:
+    """Each configuration's parameter count on accounting `x`; "budget" is the count its method is
+    matched on (the run's `budget_count`)."""
+    if x != "budget":
+        return summary[f"params_{x}"]
+    return pd.Series([counted(r, r["budget_count"]) for _, r in summary.iterrows()], index=summary.index, dtype=float)
+
+
+# what `--x budget` (the default) plots, for the caption
+BUDGET_AXIS = "each method's own count: stored for CSG and HashedNets, nonzero for pruning, total otherwise"
+
+
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Indices of the points no other point beats on both fewer parameters and higher accuracy."""
     order = sorted(range(len(x)), key=lambda i: (x[i], -y[i]))
@@ -102,9 +130,13 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # -- 1. accuracy vs parameters ----------------------------------------------------------------------
-def acc_vs_params(summary: pd.DataFrame, out_dir: Path, x: str = "total") -> list[Path]:
+def acc_vs_params(summary: pd.DataFrame, out_dir: Path, x: str = "budget") -> list[Path]:
+    """`x`: the parameter count on the axis: a named one (total, stored, nonzero) for every point, or
+    "budget", each configuration's own count, the one baselines are matched on."""
     name, col = "acc_vs_params", f"params_{x}"
-    title = f"{METRIC_LABEL[HEADLINE]} vs {x} parameters"
+    title = f"{METRIC_LABEL[HEADLINE]} vs {'parameters' if x == 'budget' else x + ' parameters'}"
+    if not summary.empty:
+        summary = summary.assign(**{col: plotted_counts(summary, x)})
     data = summary[summary[col].notna() & summary[f"{HEADLINE}_mean"].notna()] if not summary.empty else summary
     if data.empty:
         return placeholder(out_dir, name, title, "no FINISHED run with both a parameter count and an accuracy")
@@ -132,8 +164,10 @@ def acc_vs_params(summary: pd.DataFrame, out_dir: Path, x: str = "total") -> lis
             ax.step(fx, fy, where="post", color="black", ls="--", lw=0.9, zorder=0)
             ax.plot(fx, fy, "o", ms=12, mfc="none", mec="black", mew=0.9, zorder=0)
         ax.set_xscale("log")
+        log_count_axis(ax.xaxis)
         ax.set_title(arch)
-        ax.set_xlabel(f"parameters ({x}, log scale)")
+        counts = "each method's own count" if x == "budget" else x
+        ax.set_xlabel(f"parameters ({counts}, log scale)")
         ax.set_ylabel("test accuracy at best val. epoch (%)")
     for ax in list(axes.flat)[len(archs):]:
         ax.axis("off")
@@ -195,6 +229,7 @@ def code_dim_sweep(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         top.set_title(arch)
         top.set_ylabel("test acc. at best val. epoch (%)")
         bottom.set_ylabel("parameters")
+        bottom.yaxis.set_major_formatter(mticker.FuncFormatter(_short_count))
         bottom.set_xlabel("code dimension d")
         top.legend(fontsize=7)
         bottom.legend(fontsize=6)
@@ -222,9 +257,12 @@ def training_curves(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) ->
     fig, pairs = _paired_panels(len(archs), size=(4.6, 3.3))
     for (top, bottom), arch in zip(pairs, archs):
         groups = summary[(summary["arch"] == arch) & summary["group"].isin(curves["group"])]
+        per_method = groups["method"].value_counts()
         for k, (_, g) in enumerate(groups.iterrows()):
             c = curves[curves["group"] == g["group"]]
-            label = f"{g['method_label']} {g['variant']}" if g["variant"] != "-" else g["method_label"]
+            # a baseline's variant is its whole argument list; name it only where the method has several
+            named = g["variant"] != "-" and (g["method"] == "csg" or per_method[g["method"]] > 1)
+            label = f"{g['method_label']} {g['variant']}" if named else g["method_label"]
             label += f" (n={g['n']})"
             every = max(1, len(c) // 8)
             for ax, metric in ((top, "val_acc"), (bottom, "test_acc")):
@@ -235,7 +273,9 @@ def training_curves(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) ->
         top.set_ylabel("validation accuracy (%)")
         bottom.set_ylabel("test accuracy (%)")
         bottom.set_xlabel("epoch")
-        top.legend(fontsize=6)
+        for ax in (top, bottom):
+            ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+        top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, out_dir, name)
@@ -299,8 +339,9 @@ def paper_vs_us(table_data: pd.DataFrame, out_dir: Path) -> list[Path]:
     ax1.legend(fontsize=7, loc="best")
     ax2.barh(y + 0.18, d["our_params_total"], height=0.34, color=PALETTE[0], hatch="//", label="ours (total)")
     ax2.barh(y - 0.18, d["authors_params"], height=0.34, color=PALETTE[2], hatch="..", label="authors")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("parameters (log scale)")
+    # a linear axis from zero: bar lengths must be proportional to the counts
+    ax2.xaxis.set_major_formatter(mticker.FuncFormatter(_short_count))
+    ax2.set_xlabel("parameters")
     ax2.legend(fontsize=7)
     fig.suptitle(title + "\nerror bars: 95% CI over our seeds")
     fig.tight_layout()

@@ -19,7 +19,7 @@ from analysis import evidence, figures, reference, tables
 from analysis.load import (FINAL_METRICS, REPO, Runs, config_keys, epochs_wide, python_value)
 from analysis.stats import HEADLINE, comparisons, summarize, varying_protocol
 
-X_CHOICES = ("total", "stored", "nonzero")
+X_CHOICES = ("budget", "total", "stored", "nonzero")
 # the authors' CIFAR protocol (DESIGN.md, from their code), to say where ours departs from it
 AUTHORS_PROTOCOL = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "gamma": 0.1,
                     "milestones": "0.5,0.75", "label_smoothing": 0.0, "nesterov": False}
@@ -200,7 +200,7 @@ def manifest(runs: Runs) -> pd.DataFrame:
 
 
 # -- the whole report -------------------------------------------------------------------------------
-def write(runs: Runs, out: Path, x: str = "total") -> dict[str, list[Path]]:
+def write(runs: Runs, out: Path, x: str = "budget") -> dict[str, list[Path]]:
     if x not in X_CHOICES:
         raise ValueError(f"x must be one of {X_CHOICES}")
     out = Path(out)
@@ -230,7 +230,7 @@ def write(runs: Runs, out: Path, x: str = "total") -> dict[str, list[Path]]:
 
 
 FIGURE_CAPTIONS = {
-    "acc_vs_params": "Accuracy (test at best validation epoch) against {x} parameters, one panel per architecture; "
+    "acc_vs_params": "Accuracy (test at best validation epoch) against {x}, one panel per architecture; "
                      "error bars are 95% CIs over seeds, hollow markers have one seed; the dashed step line marks "
                      "the Pareto front.",
     "code_dim_sweep": "CSG code-dimension sweep: accuracy (top) and parameters (bottom) against the code dimension, "
@@ -278,9 +278,10 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str]) -> 
     for t in tabs:
         L += [t.markdown(), ""]
     L += ["## Figures", "", "PNG and PDF under `figures/`.", ""]
+    x_words = f"parameters ({figures.BUDGET_AXIS})" if x == "budget" else f"{x} parameters"
     for name in figures.FIGURES:
         L += [f"### {name.replace('_', ' ')}", "", f"![{name}](figures/{name}.png)", "",
-              FIGURE_CAPTIONS[name].format(x=x) + f" ([PDF](figures/{name}.pdf))", ""]
+              FIGURE_CAPTIONS[name].format(x=x_words) + f" ([PDF](figures/{name}.pdf))", ""]
     L += ["## Runs left out", ""]
     left = allr[(allr["status"] != "FINISHED") | allr["superseded"].astype(bool)]
     if left.empty:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis import stats, tables
+from analysis import figures, stats, tables
 from analysis.figures import FIGURES, pareto_front
 from analysis.load import parse_value, typed_column
 
@@ -320,3 +320,13 @@ def test_parameter_ratios_read_fewer_or_more():
     assert tables.fmt_fewer(269_722, 176_698) == "1.53× fewer"
     assert tables.fmt_fewer(269_722, 312_218) == "1.16× more"  # CSG 16/128 on ResNet-20 is larger than plain
     assert tables.fmt_fewer(269_722, 0) == tables.DASH
+
+
+def test_the_default_parameter_axis_puts_each_method_at_its_budget_count():
+    summary = pd.DataFrame({
+        "method": ["none", "csg", "prune"], "budget_count": ["total", "stored", "nonzero"],
+        "params_total": [269_722.0, 176_698.0, 269_722.0], "params_stored": [269_722.0, 10_810.0, 269_722.0],
+        "params_nonzero": [269_722.0, 176_698.0, 176_698.0]})
+    assert figures.plotted_counts(summary, "budget").tolist() == [269_722.0, 10_810.0, 176_698.0]
+    assert figures.plotted_counts(summary, "total").tolist() == [269_722.0, 176_698.0, 269_722.0]
+    assert figures._short_count(176_698) == "177k" and figures._short_count(1_500_000) == "1.5M"
