@@ -2,11 +2,13 @@
 
 Models are rebuilt with `study.methods.build` from the arguments a run logged (the knob as logged;
 if the rebuilt count differs from the logged one and the run had a numeric target, the target is
-searched again).  A configuration whose method or architecture cannot be built here is skipped and
-named, never guessed.
+searched again), then brought to the structure they end training with (a method that reshapes the
+network part-way, like filter pruning, does so at its last epoch).  A configuration whose method or
+architecture cannot be built here is skipped and named, never guessed.
 """
 from __future__ import annotations
 
+import ast
 import json
 import math
 
@@ -65,7 +67,7 @@ def breakdown(summary: pd.DataFrame, finished: pd.DataFrame) -> tuple[pd.DataFra
     for _, s in summary.iterrows():
         run = first.loc[s["group"]]
         keys = json.loads(run["method_args"])
-        args = {k: python_value(run[k]) for k in keys}
+        args = {k: _literal(python_value(run[k])) for k in keys}
         args = {k: v for k, v in args.items() if v is not None}
         ident = (s["arch"], s["method"], json.dumps(args, sort_keys=True, default=str))
         if ident in done:
@@ -74,13 +76,15 @@ def breakdown(summary: pd.DataFrame, finished: pd.DataFrame) -> tuple[pd.DataFra
         label = f"{s['arch']} {s['method']} {s['variant']}"
         try:
             torch.manual_seed(0)
-            model = _build(build, s["arch"], s["method"], args, seed=int(python_value(run.get("seed")) or 0))
+            epochs = int(python_value(run.get("epochs")) or 1)
+            seed = int(python_value(run.get("seed")) or 0)
+            model = _build(build, s["arch"], s["method"], args, epochs, seed=seed)
             counts = classify(model)
             target = python_value(s.get("target_params"))
             logged = s["params_total"]
             if (not math.isnan(logged) and sum(counts.values()) != round(logged)
                     and isinstance(target, (int, float)) and not isinstance(target, bool)):
-                model = _build(build, s["arch"], s["method"], args, target_params=int(target))
+                model = _build(build, s["arch"], s["method"], args, epochs, seed=seed, target_params=int(target))
                 counts = classify(model)
             del model
         except Exception as e:
@@ -92,18 +96,19 @@ def breakdown(summary: pd.DataFrame, finished: pd.DataFrame) -> tuple[pd.DataFra
     return pd.DataFrame(rows, columns=["arch", "method", "variant", *CATEGORIES, "total", "logged_total"]), skipped
 
 
+def _literal(v):
+    """MLflow logs a list argument as its repr ('[2, 4, 3]'); read it back as the list."""
+    if isinstance(v, str) and v.startswith(("[", "{", "(")):
+        try:
+            return ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            return v
+    return v
 
-def _build(build, arch: str, method: str, args: dict, seed: int = 0, target_params: int | None = None):
-    """`study.methods.build`; if the baselines package fails to import, the built-in methods still build."""
-    try:
-        return build(arch, method, args, seed=seed, target_params=target_params)[0]
-    except ImportError:
-        from study.methods import METHODS
-        from study.models import get_arch
-        if method not in METHODS:
-            raise
-        m, a = METHODS[method], get_arch(arch)
-        margs = m.args(args)
-        if target_params is not None:
-            margs = m.search(a, margs, int(target_params))
-        return m.build(a, margs, seed=seed)
+
+def _build(build, arch: str, method: str, args: dict, epochs: int, seed: int = 0, target_params: int | None = None):
+    """`study.methods.build`, then the method's change of structure at the last epoch (if it makes one)."""
+    from study.methods import get_method
+
+    model, margs = build(arch, method, args, seed=seed, target_params=target_params)
+    return get_method(method).on_epoch_start(model, margs, epochs - 1, epochs)

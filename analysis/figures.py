@@ -91,6 +91,19 @@ def _num(v) -> float:
         return math.nan
 
 
+def short_labels(frame: pd.DataFrame) -> list[str]:
+    """A legend or axis label per configuration: method, plus its variant where that tells it apart (always
+    for CSG; for a baseline, whose variant is its whole argument list, only if the architecture has several)."""
+    per = frame.groupby(["arch", "method"])["method"].transform("size")
+    out = []
+    for (_, r), n in zip(frame.iterrows(), per):
+        label = METHOD_LABEL.get(r["method"], r["method"])
+        if r["variant"] not in ("-", "") and (r["method"] == "csg" or n > 1):
+            label += f" {r['variant']}"
+        out.append(label)
+    return out
+
+
 def _short_count(v: float, _pos=None) -> str:
     """176,698 -> '177k', 1,500,000 -> '1.5M': tick labels that never collide."""
     for scale, unit in ((1e6, "M"), (1e3, "k")):
@@ -257,12 +270,8 @@ def training_curves(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) ->
     fig, pairs = _paired_panels(len(archs), size=(4.6, 3.3))
     for (top, bottom), arch in zip(pairs, archs):
         groups = summary[(summary["arch"] == arch) & summary["group"].isin(curves["group"])]
-        per_method = groups["method"].value_counts()
-        for k, (_, g) in enumerate(groups.iterrows()):
+        for k, ((_, g), label) in enumerate(zip(groups.iterrows(), short_labels(groups))):
             c = curves[curves["group"] == g["group"]]
-            # a baseline's variant is its whole argument list; name it only where the method has several
-            named = g["variant"] != "-" and (g["method"] == "csg" or per_method[g["method"]] > 1)
-            label = f"{g['method_label']} {g['variant']}" if named else g["method_label"]
             label += f" (n={g['n']})"
             every = max(1, len(c) // 8)
             for ax, metric in ((top, "val_acc"), (bottom, "test_acc")):
@@ -356,8 +365,7 @@ def param_breakdown(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     if frame.empty:
         return placeholder(out_dir, name, title, "no configuration could be rebuilt (see the report's notes)")
     d = frame.reset_index(drop=True)
-    labels = [f"{r['arch']} · {METHOD_LABEL.get(r['method'], r['method'])} {r['variant'] if r['variant'] != '-' else ''}"
-              .strip() for _, r in d.iterrows()]
+    labels = [f"{arch} · {label}" for arch, label in zip(d["arch"], short_labels(d))]
     y = np.arange(len(d))[::-1]
     fig, ax = plt.subplots(figsize=(10, 0.42 * len(d) + 1.8))
     left = np.zeros(len(d))
@@ -368,14 +376,14 @@ def param_breakdown(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         left += v
     ax.set_yticks(y, labels)
     ax.set_xlabel("parameters")
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(_short_count))
     ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     ax.set_title(title, pad=40)
     fig.tight_layout()
     return save(fig, out_dir, name)
 
 
-def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path, x: str = "total") -> list[Path]:
+def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path, x: str = "budget") -> list[Path]:
     _style()
     paths = []
     paths += acc_vs_params(summary, out_dir, x)

@@ -1,6 +1,7 @@
 """analysis/: statistics against hand computations, and the report end to end on a synthetic MLflow store."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -330,3 +331,19 @@ def test_the_default_parameter_axis_puts_each_method_at_its_budget_count():
     assert figures.plotted_counts(summary, "budget").tolist() == [269_722.0, 10_810.0, 176_698.0]
     assert figures.plotted_counts(summary, "total").tolist() == [269_722.0, 176_698.0, 269_722.0]
     assert figures._short_count(176_698) == "177k" and figures._short_count(1_500_000) == "1.5M"
+
+
+def test_breakdown_rebuilds_list_arguments_and_the_structure_a_run_ends_with():
+    """softshare logs its per-stage templates as '[2, 4, 3]'; filter pruning reshapes the network part-way.
+    Both must come back with the parameter count the run logged (the quick study's figures)."""
+    from analysis.breakdown import breakdown
+
+    runs = [("softshare", {"layers": "authors", "templates": "[2, 4, 3]"}, 177_609),
+            ("filterprune", {"layers": "authors", "prune_at": 0.5, "ratio": 0.35}, 176_318)]
+    finished = pd.DataFrame([{"group": m, "arch": "resnet20", "method": m, "seed": 0, "epochs": 10,
+                              "method_args": json.dumps(sorted(args)), **args} for m, args, _ in runs])
+    summary = pd.DataFrame([{"group": m, "arch": "resnet20", "method": m, "variant": m, "target_params": None,
+                             "params_total": float(total)} for m, _, total in runs])
+    table, skipped = breakdown(summary, finished)
+    assert skipped == []
+    assert table.set_index("method")["total"].to_dict() == {m: total for m, _, total in runs}
