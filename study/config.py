@@ -13,6 +13,10 @@ from typing import Any
 
 SCHEDULES = ("step", "onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FLIPS = ("random", "alternating")
+# Fields added after runs were stored: left out of the hash while at these defaults, so the runs of
+# older stores (and of a study still training) keep their keys.
+ADDED_LATER = {"image_size": None, "ema_decay": None, "no_decay_norm_bias": False, "flip": "random"}
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,20 @@ class RunConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0                    # onecycle: fraction of epochs is pct_start
     label_smoothing: float = 0.0
+    # the fast recipe (see configs/fast91.yaml): an exponential moving average of the weights (decay
+    # per optimiser step, None = off) is what gets evaluated, checkpointed and logged; BatchNorm and
+    # bias parameters can be kept out of weight decay
+    ema_decay: float | None = None
+    no_decay_norm_bias: bool = False
 
     # data
     val_size: int = 5000          # held out from the training set for model selection
     train_subset: int | None = None   # smoke tests: a stratified subset of the training images
     test_subset: int | None = None
     workers: int = 2              # only for DataLoader-based tasks (ImageNet, VOC)
+    # horizontal flips: "random" each epoch, or "alternating" (airbench): random in the first epoch,
+    # then every image flipped the other way from the epoch before (CIFAR-10's in-memory loader only)
+    flip: str = "random"
     # side of the square training/eval images; None = the task's standard size (ImageNet: 224 crop,
     # eval resize 256; VOC: 513 crop).  ImageNet at S: crop S, eval resize round(S*256/224); VOC at S:
     # crop S, images larger than S scaled to fit.  CIFAR-10 is 32 only (anything else is refused).
@@ -58,6 +70,10 @@ class RunConfig:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.flip not in FLIPS:
+            raise ValueError(f"flip must be one of {FLIPS}, got {self.flip!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie strictly between 0 and 1 (or be null: off), got {self.ema_decay}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for key in ("epochs", "batch_size"):
@@ -87,8 +103,9 @@ class RunConfig:
     def hash(self) -> str:
         d = self.to_dict()
         d.pop("name")
-        if d["image_size"] is None:  # added later: left out at its default so that older runs keep their keys
-            d.pop("image_size")
+        for key, default in ADDED_LATER.items():
+            if d[key] == default:
+                d.pop(key)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -43,6 +43,15 @@ class Method:
         """Called before each epoch; may return a different model (the trainer rebuilds its optimiser)."""
         return model
 
+    def on_step(self, model: nn.Module, args: dict, step: int, total_steps: int) -> None:
+        """Called after every optimiser step (`step` counts from 1); may change values in place (a
+        pruning mask every few steps), never the structure: that is `on_epoch_start`'s job."""
+
+    def no_weight_decay(self, model: nn.Module) -> set[str]:
+        """Names (as in `model.named_parameters()`) of the parameters this method never decays,
+        whatever the recipe says (soft sharing's mixing coefficients, as its reference code does)."""
+        return set()
+
     def final_model(self, model: nn.Module, args: dict) -> nn.Module:
         """The network as training will end it (pruned, decomposed): what counts are reported on.
 
@@ -113,16 +122,29 @@ class CSG(Method):
                        layout=args["layout"], generator=args["generator"], init=arch.csg_init,
                        code_mean=arch.code_mean, seed=seed)
 
+    # `generator: reuse` freezes the trained generator of another run of the same grid in this network.
+    # `generator_from` names that run; the grid adds its config hash (`generator_from_hash`), so that
+    # another source makes another run, and the runner hands `build` the source's final weight as
+    # `generator_weight` (a tensor, never a grid argument).  Neither key is a default: the hashes of
+    # runs without reuse stay what they were.
+    REUSE_KEYS = ("generator_from", "generator_from_hash")
+
     def args(self, given):
-        args = super().args(given)
+        reuse = {k: given[k] for k in self.REUSE_KEYS if k in given}
+        args = super().args({k: v for k, v in given.items() if k not in reuse})
         if args["policy"] not in ("authors", "all"):
             raise ValueError(f"policy must be 'authors' or 'all', got {args['policy']!r}")
-        return args
+        if reuse and args["generator"] != "reuse":
+            raise ValueError(f"{sorted(reuse)[0]} only applies to generator: reuse")
+        return {**args, **reuse}
 
     def build(self, arch, args, seed=0):
         model = arch.build(num_classes=arch.num_classes)
         policy = arch.authors_policy if args["policy"] == "authors" else all_eligible(arch.first_conv)
-        return convert(model, self.spec(arch, args, seed), policy)
+        model = convert(model, self.spec(arch, args, seed), policy)
+        if args.get("generator_weight") is not None:  # generator: reuse, inside a run (study/runner.py)
+            model.csg.load_reused(args["generator_weight"])
+        return model
 
     def search(self, arch, args, target):
         # The count grows linearly in code_dim, so two probes give it exactly; round to the nearest.

@@ -42,29 +42,46 @@ class Task:
 
     def check_config(self, cfg: RunConfig) -> None:
         """Raise `ValueError` if `cfg` asks for something this task cannot do."""
+        if cfg.flip != "random":
+            raise ValueError(f"flip: {cfg.flip} is only implemented by CIFAR-10's in-memory loader; "
+                             f"task {self.name} flips at random")
 
     def loss(self, output: torch.Tensor, y: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
         return F.cross_entropy(output, y, label_smoothing=cfg.label_smoothing)
 
+    classifies: bool = True  # image classification: train accuracy and flip test-time augmentation apply
+
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Iterable, autocast=contextlib.nullcontext) -> dict[str, float]:
-        """Mean loss and top-1 (and top-5 where there are more than 5 classes) accuracy in %."""
+    def evaluate(self, model: nn.Module, loader: Iterable, autocast=contextlib.nullcontext,
+                 tta: bool = False) -> dict[str, float]:
+        """Mean loss and top-1 (and top-5 where there are more than 5 classes) accuracy in %.
+        With `tta`, also `acc_tta`: top-1 of the softmax averaged over each image and its mirror
+        (a separate, labelled metric; the single view stays the headline)."""
+        from study.recipe import flip_tta_logits
+
         model.eval()
-        n, loss, top1, top5 = 0, 0.0, 0, 0
+        n, loss, top1, top5, top1_tta = 0, 0.0, 0, 0, 0
         for x, y in loader:
             with autocast():
-                out = model(x)
+                if tta:
+                    out, probs = flip_tta_logits(model, x)
+                else:
+                    out = model(x)
             out = out.float()
             loss += float(F.cross_entropy(out, y, reduction="sum"))
             best = out.topk(min(5, out.shape[1]), dim=1).indices
             top1 += int((best[:, 0] == y).sum())
             top5 += int((best == y[:, None]).any(1).sum())
+            if tta:
+                top1_tta += int((probs.argmax(1) == y).sum())
             n += len(y)
         if n == 0:
             raise ValueError("evaluation loader is empty")
         metrics = {"loss": loss / n, "acc": 100.0 * top1 / n}
         if self.top5 or out.shape[1] > 5:
             metrics["top5"] = 100.0 * top5 / n
+        if tta:
+            metrics["acc_tta"] = 100.0 * top1_tta / n
         return metrics
 
 
@@ -93,7 +110,7 @@ class Cifar10Task(Task):
         kw = dict(device=device, channels_last=cfg.channels_last)
         eval_batch = max(cfg.batch_size, 500)
         return Loaders(
-            train=cifar.CifarLoader(train_x, train_y, cfg.batch_size, train=True, seed=cfg.seed, **kw),
+            train=cifar.CifarLoader(train_x, train_y, cfg.batch_size, train=True, seed=cfg.seed, flip=cfg.flip, **kw),
             val=cifar.CifarLoader(val_x, val_y, eval_batch, train=False, **kw),
             test=cifar.CifarLoader(test_x, test_y, eval_batch, train=False, **kw))
 

@@ -175,6 +175,7 @@ def segmentation_scores(cm: torch.Tensor) -> dict[str, float]:
 
 
 class VOCTask(Task):
+    classifies = False
     name = "voc"
     primary = "miou"
     num_classes = 21
@@ -213,7 +214,8 @@ class VOCTask(Task):
         return F.cross_entropy(output, y, ignore_index=IGNORE_INDEX, label_smoothing=cfg.label_smoothing)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Iterable, autocast=contextlib.nullcontext) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: Iterable, autocast=contextlib.nullcontext,
+                 tta: bool = False) -> dict[str, float]:
         """Mean per-pixel loss, pixel accuracy (`acc`) and mean IoU (`miou`), in %; label 255 ignored."""
         model.eval()
         cm, loss, pixels = None, 0.0, 0

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from study import checkpoint
 from study.config import RunConfig
+from study.recipe import WeightAverage, decay_groups, norm_and_bias_names
 from study.methods import build, get_method
 from study.models import get_arch
 from study.tasks import get_task
@@ -67,10 +68,14 @@ def lr_factor(cfg: RunConfig, progress: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * rest))  # cosine
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig, steps_per_epoch: int, steps_done: int):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+def make_optimizer(model: nn.Module, cfg: RunConfig, steps_per_epoch: int, steps_done: int,
+                   exempt: set[str] = frozenset()):
+    """SGD over the trainable parameters, those named in `exempt` without weight decay, and its
+    LR schedule positioned after `steps_done` steps."""
+    if cfg.no_decay_norm_bias:
+        exempt = set(exempt) | norm_and_bias_names(model)
+    opt = torch.optim.SGD(decay_groups(model, cfg.weight_decay, exempt), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     total = cfg.epochs * steps_per_epoch
     for group in opt.param_groups:
         group["initial_lr"] = cfg.lr
@@ -100,7 +105,27 @@ def summarize(history: list[dict], primary: str = "acc") -> dict:
         f"test_{primary}_at_best_val": best_val[f"test_{primary}"],
         f"best_test_{primary}": best_test[f"test_{primary}"], "best_test_epoch": best_test["epoch"],
         "train_seconds": sum(h["epoch_seconds"] for h in history),
+        # flip test-time augmentation: its own labelled figures, never the headline
+        **({f"final_test_{primary}_tta": last[f"test_{primary}_tta"],
+            f"test_{primary}_tta_at_best_val": best_val[f"test_{primary}_tta"]}
+           if f"test_{primary}_tta" in best_val else {}),
     }
+
+
+def train_step(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, opt, sched, scaler, task, cfg: RunConfig,
+               autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch: forward and loss under autocast, backward (scaled for fp16),
+    SGD step, LR schedule step.  Returns (loss, output), detached.  `study bench` times this very
+    function."""
+    with autocast():
+        out = forward(x)
+        loss = task.loss(out, y, cfg)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return loss.detach(), out.detach()
 
 
 def _rng_state(loader) -> dict:
@@ -134,55 +159,64 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
     state = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
     if state is not None:
         model = method.restore(model, resolved_args, state["structure"])
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch, 0)
+
+    def prepare(net: nn.Module):
+        """On the device, in the memory format, with a new weight average (when the recipe asks for
+        one): what a built, restored or reshaped network needs before it trains."""
+        net = net.to(device)
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return net, (WeightAverage(net, cfg.ema_decay) if cfg.ema_decay else None)
+
+    model, average = prepare(model)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch, 0, method.no_weight_decay(model))
     if state is not None:
         model.load_state_dict(state["model"])
-        opt, sched = make_optimizer(model, cfg, steps_per_epoch, state["epoch"] * steps_per_epoch)
+        opt, sched = make_optimizer(model, cfg, steps_per_epoch, state["epoch"] * steps_per_epoch,
+                                    method.no_weight_decay(model))
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         torch.set_rng_state(state["rng"]["torch"])
         loaders.train.generator.set_state(state["rng"]["loader"])
         history, start_epoch = list(state["history"]), state["epoch"]
         for metrics in history if on_epoch else ():
             on_epoch(metrics)
     forward = torch.compile(model) if cfg.compile else model
+    total_steps = cfg.epochs * steps_per_epoch
 
     for epoch in range(start_epoch, cfg.epochs):
         changed = method.on_epoch_start(model, resolved_args, epoch, cfg.epochs)
         if changed is not model:  # the method reshaped the network: new parameters, new optimiser
-            model = changed.to(device)
-            if cfg.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            opt, sched = make_optimizer(model, cfg, steps_per_epoch, epoch * steps_per_epoch)
+            model, average = prepare(changed)
+            opt, sched = make_optimizer(model, cfg, steps_per_epoch, epoch * steps_per_epoch,
+                                        method.no_weight_decay(model))
             forward = torch.compile(model) if cfg.compile else model
+        if hasattr(loaders.train, "set_epoch"):
+            loaders.train.set_epoch(epoch)
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for x, y in loaders.train:
-            with autocast():
-                out = forward(x)
-                loss = task.loss(out, y, cfg)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss_sum += loss.detach().float() * len(y)
-            if out.dim() == 2:  # classification; segmentation reports pixel metrics at evaluation
-                correct += (out.detach().argmax(1) == y).sum()
+        for i, (x, y) in enumerate(loaders.train):
+            loss, out = train_step(forward, x, y, opt, sched, scaler, task, cfg, autocast)
+            method.on_step(model, resolved_args, epoch * steps_per_epoch + i + 1, total_steps)
+            if average is not None:
+                average.update()
+            loss_sum += loss.float() * len(y)
+            if task.classifies:  # segmentation reports pixel metrics at evaluation
+                correct += (out.argmax(1) == y).sum()
             seen += len(y)
         train_loss = float(loss_sum) / seen
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1}")
-        val = task.evaluate(forward, loaders.val, autocast)
-        test = task.evaluate(forward, loaders.test, autocast)
+        judged = average.module if average is not None else forward
+        val = task.evaluate(judged, loaders.val, autocast)
+        test = task.evaluate(judged, loaders.test, autocast, tta=task.classifies)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"],
-                   **({"train_acc": 100.0 * int(correct) / seen} if out.dim() == 2 else {}),
+                   **({"train_acc": 100.0 * int(correct) / seen} if task.classifies else {}),
                    **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
                    "epoch_seconds": time.perf_counter() - t0}
         history.append(metrics)
@@ -190,9 +224,12 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
             checkpoint.save(checkpoint_dir, epoch + 1, {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(loaders.train),
+                **({"average": average.state_dict()} if average is not None else {}),
                 "structure": method.structure(model), "history": history, "config_hash": cfg.hash()})
         if on_epoch:
             on_epoch(metrics)
 
+    if average is not None:  # the averaged network is the one evaluated, so it is the one reported
+        model = average.module
     return Result(history=history, summary=summarize(history, task.primary), model=model,
                   args=resolved_args, precision=precision)

@@ -181,14 +181,28 @@ class CifarLoader:
 
     `generator` fixes the data order and the augmentation; its state goes into checkpoints so a
     resumed run sees exactly the batches an uninterrupted one would have seen.
+
+    `flip="alternating"` (airbench): each image's flip in the first epoch is a seeded coin, and
+    every later epoch flips it the other way from the epoch before, so consecutive epochs see both
+    orientations.  The coins come from `seed` alone and the trainer names the epoch
+    (`set_epoch`, as with torch's DistributedSampler), so a resumed run flips as an uninterrupted
+    one does.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, train: bool, device="cpu",
-                 seed: int = 0, channels_last: bool = False, drop_last: bool = False):
+                 seed: int = 0, channels_last: bool = False, drop_last: bool = False, flip: str = "random"):
+        if flip not in ("random", "alternating"):
+            raise ValueError(f"flip must be 'random' or 'alternating', got {flip!r}")
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.train, self.device = batch_size, train, torch.device(device)
-        self.channels_last, self.drop_last = channels_last, drop_last
+        self.channels_last, self.drop_last, self.flip = channels_last, drop_last, flip
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        if flip == "alternating":
+            self.first_flips = torch.rand(len(y), generator=torch.Generator().manual_seed(seed + 1)) < 0.5
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self):
         n = len(self.y)
@@ -199,7 +213,10 @@ class CifarLoader:
         order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
         if self.train:
             offsets = torch.randint(0, 9, (n, 2), generator=self.generator)
-            flips = torch.rand(n, generator=self.generator) < 0.5
+            if self.flip == "alternating":
+                flips = self.first_flips ^ bool(self.epoch % 2)
+            else:
+                flips = torch.rand(n, generator=self.generator) < 0.5
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.x[idx.to(self.device)]
