@@ -6,5 +6,8 @@
   hashed       HashedNets for convs (Chen et al. 2015)
   width        the same architecture with every stage's channels scaled
   softshare    soft parameter sharing with template banks (Savarese & Maire 2019)
+  hypernet     static HyperNetwork writing every 16x16xkxk kernel block from an embedding (Ha et al. 2017)
+
+Every method with variants says which one a run used through `variant(args)` (a short label).
 """
-from baselines import filterprune, hashed, lowrank, prune, softshare, width  # noqa: F401  (register)
+from baselines import filterprune, hashed, hypernet, lowrank, prune, softshare, width  # noqa: F401  (register)

@@ -44,6 +44,17 @@ def check_fraction(method: str, key: str, value, lo: float = 0.0, hi: float = 1.
     return v
 
 
+def omit_at(args: dict, unnamed: dict) -> dict:
+    """`args` without the arguments that sit at the value in `unnamed`.
+
+    An argument added to a method after runs were made is left out of its resolved arguments while
+    it keeps the behaviour those runs had, so a grid that does not name it keeps the config hash it
+    had before the argument existed (the method args are part of `RunConfig.hash`).  Read such an
+    argument with `args.get(key, unnamed[key])`.
+    """
+    return {k: v for k, v in args.items() if not (k in unnamed and type(v) is type(unnamed[k]) and v == unnamed[k])}
+
+
 def epoch_at(fraction: float, epochs: int) -> int:
     """The 0-based epoch at whose start an event scheduled at `fraction` of training happens."""
     return min(epochs, max(0, round(float(fraction) * epochs)))

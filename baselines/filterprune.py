@@ -22,6 +22,19 @@ a ratio moves every same-width layer one filter at once, so the per-layer counts
 from the rounded total instead (largest remainder): each layer loses round-ish(ratio * C_l)
 filters, within one of its exact share, always keeping at least one.
 
+Protocols (`protocol`):
+  (left out)  prune at the start of epoch round(prune_at * epochs), into the running schedule, and
+              fine-tune for the rest (the behaviour before this argument existed; such configs keep
+              their hash).
+  li          Li et al.'s own protocol: train the network dense, prune the *trained* network once
+              (every layer at the same time, smallest L1 norms first), then retrain it.  Their
+              CIFAR ResNets trained 164 epochs and retrained 40, so unless the grid names `prune_at`
+              it is 0.8 here (the last 20% of the run retrains).  At least one epoch is dense and at
+              least one retrains.  The learning rate of the retraining is the run's schedule at that
+              point (Li et al. retrain at a constant 0.001 after the schedule ends): a method cannot
+              set the trainer's learning rate.
+`variant(args)` names the protocol for tables.
+
 The budget count is `total` of the model training ends with (the pruned one); `counted` gives it
 for an unpruned model too.  `structure` records, per pruned conv, the kept filter indices, and
 `restore` rebuilds a fresh model to those shapes so a checkpoint of the pruned model loads.
@@ -39,6 +52,8 @@ import torch.nn.functional as F
 from study.methods import Method, register
 
 from baselines import _common as C
+
+PROTOCOLS = (None, "li")
 
 _CHANNELWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
                         nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -199,14 +214,32 @@ class FilterPrune(Method):
     name = "filterprune"
     knob = "ratio"
     count = "total"
-    defaults = {"ratio": 0.3, "prune_at": 0.5, "layers": "authors"}
+    defaults = {"ratio": 0.3, "prune_at": 0.5, "layers": "authors", "protocol": None}
+    unnamed = {"protocol": None}  # left out of the resolved args at this value (see C.omit_at)
+    LI_PRUNE_AT = 0.8             # Li et al., CIFAR ResNets: 164 epochs of training, 40 of retraining
 
     def args(self, given):
         args = super().args(given)
+        C.check_choice(self.name, "protocol", args["protocol"], PROTOCOLS)
+        if args["protocol"] == "li" and "prune_at" not in given:
+            args["prune_at"] = self.LI_PRUNE_AT
         args["ratio"] = C.check_fraction(self.name, "ratio", args["ratio"], hi_open=True)
         args["prune_at"] = C.check_fraction(self.name, "prune_at", args["prune_at"])
         C.check_choice(self.name, "layers", args["layers"], C.LAYER_SETS)
-        return args
+        return C.omit_at(args, self.unnamed)
+
+    def variant(self, args: dict) -> str:
+        if args.get("protocol") == "li":
+            return f"Li et al.: train dense, prune the trained network at {args['prune_at']:g}, retrain"
+        return f"pruned at {args['prune_at']:g} of training, fine-tuned"
+
+    def prune_epoch(self, args: dict, epochs: int) -> int:
+        """The 0-based epoch at whose start the filters go."""
+        last = max(0, epochs - 1)
+        at = C.epoch_at(args["prune_at"], epochs)
+        if args.get("protocol") == "li":
+            at = max(1, at)  # a trained network: at least one dense epoch (when there are two)
+        return min(at, last)
 
     def plan(self, model, arch, args) -> list[tuple[Chain, int]]:
         found = chains(model, arch, args["layers"])
@@ -238,7 +271,7 @@ class FilterPrune(Method):
         return model
 
     def on_epoch_start(self, model, args, epoch, epochs):
-        if self.is_pruned(model) or epoch < min(C.epoch_at(args["prune_at"], epochs), max(0, epochs - 1)):
+        if self.is_pruned(model) or epoch < self.prune_epoch(args, epochs):
             return model
         # a new model object: the trainer sees the change and rebuilds its optimiser
         return self.prune(copy.deepcopy(model), C.arch_of(model, self.name), args)

@@ -3,8 +3,12 @@
 Each converted conv (default `layers: authors`, the convs CSG converts) stores only a vector of B
 `buckets`.  Virtual kernel entry i (row-major over [C_out, C_in, k, k]) is
 xi(i) * buckets[h(i)], with the index hash h(i) in [0, B) and the sign hash xi(i) in {-1, +1}.
-The hashes are drawn from a generator seeded by (`hash_seed`, the layer's name): they are
-regenerated at construction and live in non-persistent buffers, so they are neither parameters nor
+The hashes are drawn from a generator seeded by (hash seed, the layer's name).  The hash seed is the
+run's seed (`hash_seed: run`, the default), so a grid's seeds sample hash-to-hash variation along
+with the initialisation and the data order, as two runs of the original would; an integer
+`hash_seed` fixes the hashes across seeds (every run before this default existed used
+`hash_seed: 0`, and such a config keeps its hash; the run-seed default gives seed 0 the same hashes as
+`hash_seed: 0`).  The hashes are regenerated at construction and live in non-persistent buffers, so they are neither parameters nor
 in the state dict, and no count includes them.  Buckets are initialised N(0, s^2) with s the std of
 the architecture's own init of that conv, so the virtual kernel has the dense init's scale.  A
 conv's bias (if any) stays dense.
@@ -74,15 +78,24 @@ class Hashed(Method):
     name = "hashed"
     knob = "compression"
     count = "stored"
-    defaults = {"compression": 0.5, "layers": "authors", "hash_seed": 0}
+    defaults = {"compression": 0.5, "layers": "authors", "hash_seed": "run"}
 
     def args(self, given):
         args = super().args(given)
         args["compression"] = C.check_fraction(self.name, "compression", args["compression"], lo_open=True)
         C.check_choice(self.name, "layers", args["layers"], C.LAYER_SETS)
-        if not isinstance(args["hash_seed"], int) or isinstance(args["hash_seed"], bool):
-            raise ValueError(f"{self.name}: hash_seed must be an integer, got {args['hash_seed']!r}")
+        hs = args["hash_seed"]
+        if hs != "run" and (not isinstance(hs, int) or isinstance(hs, bool)):
+            raise ValueError(f"{self.name}: hash_seed must be 'run' (the run's seed) or an integer, got {hs!r}")
         return args
+
+    @staticmethod
+    def hash_seed(args: dict, seed: int) -> int:
+        """The seed the hashes are drawn from: the run's, unless `hash_seed` names one."""
+        return int(seed) if args["hash_seed"] == "run" else int(args["hash_seed"])
+
+    def variant(self, args: dict) -> str:
+        return "hashes from the run seed" if args["hash_seed"] == "run" else f"hashes fixed (seed {args['hash_seed']})"
 
     def convs(self, model, arch, args):
         convs = C.select_convs(model, arch, args["layers"])
@@ -91,9 +104,10 @@ class Hashed(Method):
 
     def build(self, arch, args, seed=0):
         model = C.tag(arch.build(num_classes=arch.num_classes), arch)
+        hash_seed = self.hash_seed(args, seed)
         for name, conv in self.convs(model, arch, args):
             layer = HashedConv2d(conv, n_buckets(conv.weight.numel(), float(args["compression"])),
-                                 args["hash_seed"], name)
+                                 hash_seed, name)
             layer.train(conv.training)
             C.set_submodule(model, name, layer)
         return model

@@ -24,6 +24,15 @@ Modes:
   decompose  train dense; at the start of epoch round(decompose_at * epochs) (at the latest the
              last epoch) replace each conv by the Tucker-2 factors of its trained weight and
              fine-tune.  `on_epoch_start` then returns a new model object.
+Protocol `kim` (Kim et al.'s own: decompose a trained network, then fine-tune it): mode decompose
+(named or not; `mode: scratch` is refused), and unless the grid names `decompose_at` it is 0.8, the
+split the filter-pruning `li` protocol takes from Li et al. (the two compress-a-trained-network
+baselines are timed alike; Kim et al. fine-tune after full training).  At least one epoch is
+dense.  The fine-tuning runs on the run's learning-rate schedule: a method cannot set the
+trainer's.  Kim et al. choose each layer's ranks by VBMF on the trained kernel; here the ranks
+come from `rank_ratio`, so the budget is known before training.  Left out (the default), the
+config hashes as it did before the argument existed.  `variant(args)` names the protocol.
+
 The budget count is `total` of the factorised model (for an undecomposed model, what it will hold).
 `structure` records the ranks once decomposed; `restore` factorises a fresh model to them.
 """
@@ -39,6 +48,7 @@ from study.methods import Method, register
 from baselines import _common as C
 
 MODES = ("scratch", "decompose")
+PROTOCOLS = (None, "kim")
 
 
 @torch.no_grad()
@@ -127,15 +137,39 @@ class LowRank(Method):
     name = "lowrank"
     knob = "rank_ratio"
     count = "total"
-    defaults = {"rank_ratio": 0.5, "mode": "scratch", "decompose_at": 0.5, "layers": "authors"}
+    defaults = {"rank_ratio": 0.5, "mode": "scratch", "decompose_at": 0.5, "layers": "authors", "protocol": None}
+    unnamed = {"protocol": None}  # left out of the resolved args at this value (see C.omit_at)
+    KIM_DECOMPOSE_AT = 0.8
 
     def args(self, given):
         args = super().args(given)
+        C.check_choice(self.name, "protocol", args["protocol"], PROTOCOLS)
+        if args["protocol"] == "kim":
+            if given.get("mode", "decompose") != "decompose":
+                raise ValueError(f"{self.name}: protocol kim decomposes a trained network; it takes mode: decompose, "
+                                 f"not {given['mode']!r}")
+            args["mode"] = "decompose"
+            if "decompose_at" not in given:
+                args["decompose_at"] = self.KIM_DECOMPOSE_AT
         args["rank_ratio"] = C.check_fraction(self.name, "rank_ratio", args["rank_ratio"], lo_open=True)
         args["decompose_at"] = C.check_fraction(self.name, "decompose_at", args["decompose_at"])
         C.check_choice(self.name, "mode", args["mode"], MODES)
         C.check_choice(self.name, "layers", args["layers"], C.LAYER_SETS)
-        return args
+        return C.omit_at(args, self.unnamed)
+
+    def variant(self, args: dict) -> str:
+        if args.get("protocol") == "kim":
+            return f"Kim et al.: train dense, decompose the trained network at {args['decompose_at']:g}, fine-tune"
+        if args.get("mode") == "decompose":
+            return f"decomposed at {args['decompose_at']:g} of training, fine-tuned"
+        return "factorised from the start"
+
+    def decompose_epoch(self, args: dict, epochs: int) -> int:
+        """The 0-based epoch at whose start a decompose-mode network is factorised."""
+        at = C.epoch_at(args["decompose_at"], epochs)
+        if args.get("protocol") == "kim":
+            at = max(1, at)  # a trained network: at least one dense epoch (when there are two)
+        return min(at, max(0, epochs - 1))
 
     def convs(self, model, arch, args):
         convs = C.select_convs(model, arch, args["layers"])
@@ -167,7 +201,7 @@ class LowRank(Method):
     def on_epoch_start(self, model, args, epoch, epochs):
         if args["mode"] != "decompose" or self.is_decomposed(model):
             return model
-        if epoch < min(C.epoch_at(args["decompose_at"], epochs), max(0, epochs - 1)):
+        if epoch < self.decompose_epoch(args, epochs):
             return model
         arch = C.arch_of(model, self.name)
         model = copy.deepcopy(model)  # a new object: the trainer rebuilds its optimiser

@@ -13,6 +13,14 @@ Schedules (`epoch` is 0-based and `on_epoch_start` runs before each epoch):
   gradual  Zhu & Gupta (2017) automated gradual pruning: at each epoch start e in [e0, e1]
            (e0 = round(start * epochs), e1 = round(end * epochs)) the sparsity is
            s_f * (1 - (1 - (e - e0) / (e1 - e0))**3); s_f from e1 on.
+  gradual with `every_steps: dt` (Zhu & Gupta's own granularity): the masks are updated every dt
+           optimiser steps instead of once per epoch, through the trainer's `on_step` hook.  With T
+           the run's optimiser steps, t0 = round(start * T), t1 = round(end * T) and
+           n = max(1, round((t1 - t0) / dt)) updates, the sparsity from step t0 + k*dt on is
+           s_f * (1 - (1 - k / n)**3), k = 0..n (Zhu & Gupta 2017, eq. 1 with s_i = 0).  The masks
+           (all ones) are installed when the model is built, so a step only narrows them in place.
+           Left out (`every_steps: null`, the default) the schedule is the per-epoch one above and the
+           config hashes as it did before the argument existed.
 Either way the final sparsity is reached at the latest at the start of the last epoch.  Masks only
 grow: a weight once pruned stays pruned.  Each step prunes the extra weights needed to reach the
 scheduled fraction, so calling `on_epoch_start` twice (or again after resuming) changes nothing.
@@ -70,7 +78,8 @@ class MagnitudePrune(Method):
     knob = "sparsity"
     count = "nonzero"
     defaults = {"sparsity": 0.5, "mode": "gradual", "prune_at": 0.5, "start": 0.1, "end": 0.5,
-                "layers": "authors", "linear": False}
+                "layers": "authors", "linear": False, "every_steps": None}
+    unnamed = {"every_steps": None}  # left out of the resolved args at this value (see C.omit_at)
 
     def args(self, given):
         args = super().args(given)
@@ -82,7 +91,25 @@ class MagnitudePrune(Method):
             raise ValueError(f"{self.name}: end ({args['end']}) must not come before start ({args['start']})")
         if not isinstance(args["linear"], bool):
             raise ValueError(f"{self.name}: linear must be true or false, got {args['linear']!r}")
-        return args
+        dt = args["every_steps"]
+        if dt is not None:
+            if isinstance(dt, bool) or not isinstance(dt, int) or dt < 1:
+                raise ValueError(f"{self.name}: every_steps must be a positive integer (optimiser steps "
+                                 f"between mask updates) or null, got {dt!r}")
+            if args["mode"] != "gradual":
+                raise ValueError(f"{self.name}: every_steps applies to mode: gradual only, not {args['mode']!r}")
+        return C.omit_at(args, self.unnamed)
+
+    @staticmethod
+    def every_steps(args: dict) -> int | None:
+        return args.get("every_steps")
+
+    def variant(self, args: dict) -> str:
+        """A label for the schedule a run used, for tables and figures."""
+        if args.get("mode", "gradual") == "oneshot":
+            return "one-shot magnitude pruning"
+        dt = self.every_steps(args)
+        return f"AGP every {dt} steps (Zhu & Gupta)" if dt else "AGP once per epoch"
 
     # -- which weights -------------------------------------------------------------------------
     def targets(self, model: nn.Module, arch, args) -> list[tuple[str, nn.Module]]:
@@ -112,6 +139,19 @@ class MagnitudePrune(Method):
         if epoch <= e0:
             return 0.0
         return s_f * (1.0 - (1.0 - (epoch - e0) / (e1 - e0)) ** 3)
+
+    def scheduled_at_step(self, args: dict, step: int, total_steps: int) -> float | None:
+        """With `every_steps`, the sparsity a mask update at optimiser step `step` (counted from 1)
+        sets, or None when `step` is not an update step."""
+        dt = self.every_steps(args)
+        if dt is None:
+            return None
+        t0, t1 = round(float(args["start"]) * total_steps), round(float(args["end"]) * total_steps)
+        n = max(1, round((t1 - t0) / dt))
+        k, rest = divmod(step - t0, dt)
+        if rest or k < 0 or k > n:
+            return None
+        return float(args["sparsity"]) * (1.0 - (1.0 - k / n) ** 3)
 
     @torch.no_grad()
     def apply(self, model: nn.Module, arch, args, sparsity: float) -> nn.Module:
@@ -149,11 +189,26 @@ class MagnitudePrune(Method):
     # -- the Method interface ------------------------------------------------------------------
     def build(self, arch, args, seed=0):
         model = C.tag(arch.build(num_classes=arch.num_classes), arch)
-        self.targets(model, arch, args)  # fail early when nothing would be pruned
+        targets = self.targets(model, arch, args)  # fail early when nothing would be pruned
+        if self.every_steps(args):  # masks of ones now, so that `on_step` only changes values
+            for _, m in targets:
+                tprune.identity(m, "weight")
+                _track(m)
         return model
 
     def on_epoch_start(self, model, args, epoch, epochs):
+        if self.every_steps(args):
+            # the steps set the schedule; the last epoch starts at the final sparsity whatever the
+            # step count (the guarantee of the per-epoch schedule, and what `final_model` reports)
+            if epoch < max(0, epochs - 1):
+                return model
+            return self.apply(model, C.arch_of(model, self.name), args, float(args["sparsity"]))
         return self.apply(model, C.arch_of(model, self.name), args, self.scheduled(args, epoch, epochs))
+
+    def on_step(self, model, args, step, total_steps):
+        sparsity = self.scheduled_at_step(args, step, total_steps)
+        if sparsity is not None:
+            self.apply(model, C.arch_of(model, self.name), args, sparsity)
 
     def structure(self, model):
         return {"pruned": [name for name, m in model.named_modules() if is_pruned(m)]}

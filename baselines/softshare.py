@@ -20,6 +20,13 @@ tolerance, choosing, among the lists that do, the most even one (smallest max - 
 closest.  Templates start N(0, s^2) with s the std of the architecture's init of the group's convs;
 coefficients start orthogonal with unit-norm rows, so every initial kernel has the dense init's
 scale.  The budget count is `total`.  No structural change during training.
+
+Weight decay: as in the reference implementation (lolemacs/soft-sharing, whose `group_weight_decay`
+puts every parameter named `coefficients` in a group with weight decay 0), the coefficients are never
+decayed: `no_weight_decay(model)` names them, and the trainer leaves them out of its decay.  The
+templates and every other parameter are decayed as the recipe says.  `decay_coefficients: true`
+decays them as well, as every softshare run made before this argument existed did; the default
+`false` is written into the resolved args, so those runs and the new ones never share a config hash.
 """
 from __future__ import annotations
 
@@ -107,7 +114,7 @@ class SoftShare(Method):
     name = "softshare"
     knob = "templates"
     count = "total"
-    defaults = {"templates": 2, "layers": "authors"}
+    defaults = {"templates": 2, "layers": "authors", "decay_coefficients": False}
 
     def args(self, given):
         args = super().args(given)
@@ -118,7 +125,20 @@ class SoftShare(Method):
         if isinstance(t, tuple):
             args["templates"] = list(t)
         C.check_choice(self.name, "layers", args["layers"], C.LAYER_SETS)
+        if not isinstance(args["decay_coefficients"], bool):
+            raise ValueError(f"softshare: decay_coefficients must be true or false, got {args['decay_coefficients']!r}")
         return args
+
+    def variant(self, args: dict) -> str:
+        return "coefficients decayed" if args["decay_coefficients"] else "no weight decay on the coefficients"
+
+    def no_weight_decay(self, model):
+        """The mixing coefficients of every shared conv (names as in `model.named_parameters()`),
+        unless the model was built with `decay_coefficients: true`."""
+        if getattr(model, "softshare_decay_coefficients", False):
+            return set()
+        return {f"{name}.coefficients" if name else "coefficients"
+                for name, m in model.named_modules() if isinstance(m, SharedConv2d)}
 
     def groups(self, model, arch, args):
         found = groups(model, arch, args["layers"])
@@ -143,6 +163,7 @@ class SoftShare(Method):
                 C.set_submodule(model, name, layer)
             banks.append(bank)
         model.add_module("softshare_banks", nn.ModuleList(banks))
+        model.softshare_decay_coefficients = bool(args["decay_coefficients"])  # read by no_weight_decay
         return model
 
     # -- budgets -------------------------------------------------------------------------------
