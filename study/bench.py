@@ -27,8 +27,15 @@ Four measurements, all in one process except the memory and worker probes:
    training only on a signal, so import time is not counted and the two parallel runs start together.
    `jobs2_over_sequential` = parallel wall time / the sum of the sequential times.
 
-`--compile` measures the throughput of `torch.compile`d models instead (plain and CSG alike; CSG
-layers trace their generator product into the graph when compiled).
+`--modes eager,compile` measures throughput both ways in one run (`torch.compile` of the forward,
+plain and CSG alike; CSG layers trace their generator product into the graph when compiled).
+Every timed training step is `study.train.train_step`, the trainer's own, with the fast recipe's
+optimiser and loss.
+
+5. **Where a step's time goes** (`--profile-steps`): real ResNet-20 training steps over a
+   `CifarLoader` and one evaluation pass under `torch.profiler`, each operator's own CPU time put
+   in one category (convolution forward and backward, BatchNorm, ReLU, residual and other adds,
+   the optimiser, the CSG product, data, evaluation), for plain and CSG 16/72.
 
 Speed targets are reported, never asserted.
 """
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -83,8 +91,11 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=_non_negative, default=2, help="untimed batches per model first")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 on CPUs with AMX/AVX512-BF16, else fp32 (the trainer's rule)")
-    parser.add_argument("--compile", action="store_true",
-                        help="throughput of torch.compile'd models (plain and CSG alike; compiling takes minutes)")
+    parser.add_argument("--modes", default="eager,compile",
+                        help="comma-separated: eager, compile (torch.compile of the training step's forward, plain "
+                             "and CSG alike; compiling takes about a minute a model)")
+    parser.add_argument("--profile-steps", type=_non_negative, default=20,
+                        help="real training steps of ResNet-20 under torch.profiler for the time breakdown (0: skip)")
     parser.add_argument("--threads", type=_positive, help="torch threads (default: torch's own choice)")
     parser.add_argument("--reference-epoch-images", type=_positive, default=5000,
                         help="real CIFAR-10 images timed per epoch loop, scaled to a 45,000-image epoch")
@@ -185,17 +196,27 @@ def _load() -> list[float]:
 
 
 # -- throughput -------------------------------------------------------------------------------------
-def _make_step(model, opt, x, y, autocast):
-    import torch.nn.functional as F
+def _recipe_config(batch_size: int):
+    """The settings a timed step trains with: the fast recipe's optimiser and loss (configs/fast91.yaml)."""
+    from study.config import RunConfig
+
+    return RunConfig(arch="resnet20", epochs=1, batch_size=batch_size, lr=0.2, nesterov=True, schedule="onecycle",
+                     label_smoothing=0.1, no_decay_norm_bias=True)
+
+
+def _make_step(model, forward, x, y, autocast, cfg):
+    """One call = one `study.train.train_step` (the trainer's own step) on the fixed batch."""
+    import torch
+
+    from study.tasks import get_task
+    from study.train import make_optimizer, train_step
+
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch=10 ** 6, steps_done=0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    task = get_task("cifar10")
 
     def step():
-        with autocast():
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
+        return train_step(forward, x, y, opt, sched, scaler, task, cfg, autocast)
     return step
 
 
@@ -208,7 +229,7 @@ def _make_eval(model, x, autocast):
     return batch
 
 
-def throughput(arch_name: str, configs: list[dict], a, precision: str) -> list[dict]:
+def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str) -> list[dict]:
     import torch
 
     from study import accounting
@@ -220,24 +241,24 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str) -> list[d
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch_size, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,), generator=g)
+    cfg = _recipe_config(a.batch_size)
+    compiled = mode == "compile"
     entries = []
     for method, args in [("none", {})] + [("csg", c) for c in configs]:
         torch.manual_seed(0)
         model, _ = build(arch_name, method, args)
         model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9,
-                              weight_decay=5e-4)
-        forward = torch.compile(model) if a.compile else model
-        entries.append({"model": model, "gens": generators(model), "step": _make_step(forward, opt, x, y, autocast),
+        forward = torch.compile(model) if compiled else model
+        entries.append({"model": model, "gens": generators(model), "step": _make_step(model, forward, x, y, autocast, cfg),
                         "eval": _make_eval(forward, x, autocast), "train": [], "infer": [],
                         "label": "plain" if method == "none" else _label(args), "args": args,
                         "params": accounting.count_parameters(model)})
     for e in entries:  # warm-up: oneDNN primitives, allocator, autocast caches (and compilation)
         e["model"].train()
-        for _ in range(max(a.warmup, 2 if a.compile else 0)):
+        for _ in range(max(a.warmup, 2 if compiled else 0)):
             e["step"]()
         e["model"].eval()
-        for _ in range(max(a.warmup, 2 if a.compile else 0)):
+        for _ in range(max(a.warmup, 2 if compiled else 0)):
             e["eval"]()
     n = a.batch_size * a.steps
     for _ in range(a.repeats):
@@ -258,7 +279,7 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str) -> list[d
     plain = entries[0]
     out = []
     for e in entries:
-        row = {"arch": arch_name, "config": e["label"], "method": "none" if e is plain else "csg",
+        row = {"arch": arch_name, "config": e["label"], "mode": mode, "method": "none" if e is plain else "csg",
                **({k: e["args"][k] for k in ("slice", "code_dim", "layout")} if e is not plain else {}),
                "params_total": e["params"]["total"],
                "train_images_per_s": round(statistics.median(e["train"]), 1),
@@ -320,14 +341,13 @@ def epoch_comparison(a, precision: str, data) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from study.config import RunConfig
     from study.data.cifar import CifarLoader
     from study.methods import build
     from study.train import autocast_for, make_optimizer
 
     n = min(a.reference_epoch_images, len(data.train_y))
     x_all, y_all = data.train_x[:n], data.train_y[:n]
-    cfg = RunConfig(arch=a.epoch_arch, batch_size=a.batch_size, epochs=1)
+    cfg = dataclasses.replace(_recipe_config(a.batch_size), arch=a.epoch_arch)
     steps_per_epoch = -(-n // a.batch_size)
 
     def model_and_opt(channels_last: bool):
@@ -351,24 +371,22 @@ def epoch_comparison(a, precision: str, data) -> dict:
             opt.step()
 
     def harness(prec: str, channels_last: bool) -> dict:
-        """study.train's inner loop, statement for statement."""
+        """study.train's inner loop: its own `train_step` over a `CifarLoader`."""
+        from study.tasks import get_task
+        from study.train import train_step
+
         autocast = autocast_for(prec, torch.device("cpu"))
         model, opt, sched = model_and_opt(channels_last)
         warm(model, opt, channels_last, autocast)
         loader = CifarLoader(x_all, y_all, a.batch_size, train=True, seed=0, channels_last=channels_last)
+        scaler, task = torch.amp.GradScaler("cpu", enabled=False), get_task("cifar10")
         loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
 
         def step(x, y):
             nonlocal loss_sum, correct
-            with autocast():
-                out = model(x)
-                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
+            loss, out = train_step(model, x, y, opt, sched, scaler, task, cfg, autocast)
+            loss_sum += loss.float() * len(y)
+            correct += (out.argmax(1) == y).sum()
         result = _timed_epoch(loader, step, n)
         float(loss_sum), int(correct)
         return {**result, "precision": prec, "channels_last": channels_last, "loader": "CifarLoader"}
@@ -404,6 +422,84 @@ def epoch_comparison(a, precision: str, data) -> dict:
         out["harness_fp32_nchw"] = fp32
         out["data_path_speedup"] = round(ref["epoch_seconds"] / fp32["epoch_seconds"], 3)
         out["precision_speedup"] = round(fp32["epoch_seconds"] / ours["epoch_seconds"], 3)
+    return out
+
+
+# -- where a step's time goes -----------------------------------------------------------------------
+SCOPES = ("data", "evaluation", "optimizer", "csg_product")  # record_function scopes: all time inside counts
+OPERATOR_CATEGORIES = (  # (category, operator names) for time outside the scopes, by the operator's own time
+    ("conv forward", ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d")),
+    ("conv backward", ("aten::convolution_backward", "aten::mkldnn_convolution_backward")),
+    ("batchnorm", ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::batch_norm",
+                   "aten::_batch_norm_impl_index", "aten::_native_batch_norm_legit")),
+    ("relu", ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_", "aten::threshold_backward")),
+    ("residual and other adds", ("aten::add", "aten::add_")),
+)
+
+
+def _category(event) -> str:
+    """The scope an operator ran in (its own name or an ancestor's), else its operator category."""
+    node = event
+    while node is not None:
+        if node.name in SCOPES:
+            return node.name
+        node = node.cpu_parent
+    for category, names in OPERATOR_CATEGORIES:
+        if event.name in names:
+            return category
+    return "other"
+
+
+def profile_breakdown(a, precision: str, data) -> dict:
+    """Share of CPU time by category over `--profile-steps` real training steps of ResNet-20 (plain,
+    then CSG 16/72) and one evaluation pass over 2,000 test images, in the trainer's own step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from study.data.cifar import CifarLoader
+    from study.methods import build
+    from study.tasks import get_task
+    from study.train import autocast_for, make_optimizer, train_step
+
+    autocast = autocast_for(precision, torch.device("cpu"))
+    cfg, task = _recipe_config(a.batch_size), get_task("cifar10")
+    n = min(len(data.train_y), a.batch_size * a.profile_steps)
+    out = {}
+    for label, method, args in (("plain", "none", {}), ("csg 16/72", "csg", {"slice": 16, "code_dim": 72})):
+        torch.manual_seed(0)
+        model, _ = build("resnet20", method, args)
+        model = model.to(memory_format=torch.channels_last)
+        opt, sched = make_optimizer(model, cfg, 10 ** 6, 0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        train_loader = CifarLoader(data.train_x[:n], data.train_y[:n], a.batch_size, train=True, channels_last=True)
+        test_loader = CifarLoader(data.test_x[:2000], data.test_y[:2000], 500, train=False, channels_last=True)
+        opt_step = opt.step
+
+        def timed_step(*args, **kwargs):  # the optimiser's own time, in its scope
+            with record_function("optimizer"):
+                return opt_step(*args, **kwargs)
+        opt.step = timed_step
+        for x, y in train_loader:  # untimed warm-up pass: oneDNN primitives, allocator
+            train_step(model, x, y, opt, sched, scaler, task, cfg, autocast)
+            break
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.train()
+            batches = iter(train_loader)
+            while True:
+                with record_function("data"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                train_step(model, *batch, opt, sched, scaler, task, cfg, autocast)
+            with record_function("evaluation"):
+                task.evaluate(model, test_loader, autocast)
+        totals: dict[str, float] = {}
+        for event in prof.events():
+            category = _category(event)
+            totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total
+        whole = sum(totals.values())
+        out[label] = {"steps": len(train_loader), "images": n, "eval_images": 2000, "cpu_seconds": round(whole / 1e6, 3),
+                      "share": {k: round(v / whole, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
     return out
 
 
@@ -545,6 +641,9 @@ def run(a) -> dict:
     if a.reference_epoch_images < 2 * a.batch_size:
         raise _usage(f"--reference-epoch-images must be at least two batches ({2 * a.batch_size}), "
                      f"got {a.reference_epoch_images}")
+    modes = list(dict.fromkeys(m.strip() for m in a.modes.split(",") if m.strip()))
+    if not modes or set(modes) - {"eager", "compile"}:
+        raise _usage(f"--modes: a comma-separated list of eager and compile, got {a.modes!r}")
     data_root = _data_root(a.data_root)
 
     import torch
@@ -558,13 +657,14 @@ def run(a) -> dict:
     started, load_start = time.perf_counter(), _load()
 
     rows = []
-    for arch in archs:
-        if configs[arch]:
-            rows += throughput(arch, configs[arch], a, precision)
-    csg_rows = [r for r in rows if r["method"] == "csg"]
+    for mode in modes:
+        for arch in archs:
+            if configs[arch]:
+                rows += throughput(arch, configs[arch], a, precision, mode)
 
     data = load_cifar10(data_root)
     epoch = epoch_comparison(a, precision, data)
+    breakdown = profile_breakdown(a, precision, data) if a.profile_steps else None
     del data
 
     memory = {"bench_process_peak_rss_mb": _peak_rss_mb()}
@@ -581,29 +681,43 @@ def run(a) -> dict:
 
     workers = workers_comparison(a, precision, data_root, torch.get_num_threads()) if a.workers_images else None
 
-    def smallest(key):
-        worst = min(csg_rows, key=lambda r: r[key])
+    def smallest(key, mode):
+        worst = min((r for r in rows if r["method"] == "csg" and r["mode"] == mode), key=lambda r: r[key])
         return worst[key], f"{worst['arch']} {worst['config']}"
 
-    train_ratio, train_worst = smallest("train_over_plain")
-    eval_ratio, eval_worst = smallest("eval_over_plain")
+    def images_per_s(method, mode):
+        row = next(r for r in rows if r["arch"] == archs[0] and r["mode"] == mode
+                   and (r["method"] == "none") == (method == "plain"))
+        return {"train": row["train_images_per_s"], "eval": row["eval_images_per_s"], "config": row["config"]}
+
+    ratios = {}
+    for mode in modes:
+        suffix = "" if mode == "eager" else "_compiled"  # eager is the trainer's default (compile: false)
+        for kind in ("train", "eval"):
+            value, worst = smallest(f"{kind}_over_plain", mode)
+            ratios[f"csg_over_plain_{kind}{suffix}"], ratios[f"csg_over_plain_{kind}{suffix}_worst"] = value, worst
+    bf16 = precision == "bf16"
     return {
-        "csg_over_plain_train": train_ratio, "csg_over_plain_train_worst": train_worst,
-        "csg_over_plain_eval": eval_ratio, "csg_over_plain_eval_worst": eval_worst,
+        **ratios,
         "harness_speedup_over_reference": round(epoch["reference"]["epoch_seconds"]
                                                 / epoch["harness"]["epoch_seconds"], 3),
         **({"jobs2_over_sequential": workers.get("jobs2_over_sequential")} if workers else {}),
-        "targets": {"csg_over_plain_train": 0.90, "csg_over_plain_eval": 0.98, "harness_speedup_over_reference": 2.5,
-                    "jobs2_over_sequential": 0.6},
+        "precision": precision, "cpu_model": hardware(precision)["cpu_model"],
+        "images_per_s": {f"{archs[0]} {m} {mode}": images_per_s(m, mode) for m in ("plain", "csg") for mode in modes},
+        "targets": {"csg_over_plain_train": 0.97, "csg_over_plain_eval": 0.98,
+                    "harness_speedup_over_reference": 4.0 if bf16 else 2.0,
+                    "harness_speedup_target_rule": ">= 4.0 where the CPU trains in bf16, >= 2.0 where it trains in fp32"},
+        **({"time_breakdown": breakdown} if breakdown else {}),
         "throughput": rows,
         "epoch": epoch,
         "memory": memory,
         **({"workers": workers} if workers else {}),
-        "hardware": {**hardware(precision), "compile": bool(a.compile)},
+        "hardware": {**hardware(precision), "modes": modes},
         "settings": {"archs": archs, "configs": {k: [_label(c) for c in v] for k, v in configs.items()},
                      "batch_size": a.batch_size, "steps": a.steps, "repeats": a.repeats, "warmup": a.warmup,
                      "throughput_input": "one synthetic N(0,1) batch, channels_last",
-                     "optimizer": "SGD lr 0.05 momentum 0.9 weight decay 5e-4",
+                     "step": "study.train.train_step with the fast recipe's optimiser and loss: Nesterov SGD, "
+                             "weight decay 5e-4 off BatchNorm and biases, label smoothing 0.1",
                      "ratio": "median over repeats of (CSG images/s / plain images/s), models interleaved; "
                               "*_best: best repeat / best repeat",
                      "eval_pass": "--steps batches under no_grad, kernels generated once at the start",
