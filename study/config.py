@@ -83,6 +83,8 @@ class RunConfig:
                                             or self.image_size <= 0):
             raise ValueError(f"image_size must be a positive integer or null (the task's standard size), "
                              f"got {self.image_size!r}")
+        if isinstance(self.val_size, bool) or not isinstance(self.val_size, int) or self.val_size < 0:
+            raise ValueError(f"val_size must be a non-negative integer (0: no validation split), got {self.val_size!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         object.__setattr__(self, "milestones", tuple(self.milestones))

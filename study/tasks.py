@@ -103,6 +103,7 @@ class Cifar10Task(Task):
 
         self.check_config(cfg)
         data = cifar.load_cifar10(data_root)
+        # val_size 0: the authors' protocol, training on all 50,000 images with no validation split
         train_idx, val_idx = cifar.stratified_split(data.train_y, cfg.val_size, seed=cfg.seed)
         train_x, train_y = cifar.subset(data.train_x[train_idx], data.train_y[train_idx], cfg.train_subset, cfg.seed)
         val_x, val_y = cifar.subset(data.train_x[val_idx], data.train_y[val_idx], cfg.test_subset, cfg.seed)
@@ -111,7 +112,7 @@ class Cifar10Task(Task):
         eval_batch = max(cfg.batch_size, 500)
         return Loaders(
             train=cifar.CifarLoader(train_x, train_y, cfg.batch_size, train=True, seed=cfg.seed, flip=cfg.flip, **kw),
-            val=cifar.CifarLoader(val_x, val_y, eval_batch, train=False, **kw),
+            val=cifar.CifarLoader(val_x, val_y, eval_batch, train=False, **kw) if cfg.val_size else None,
             test=cifar.CifarLoader(test_x, test_y, eval_batch, train=False, **kw))
 
 
