@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
     r.add_argument("--experiment", default=None, help="experiment (grid) name; default: every experiment with runs")
+    r.add_argument("--from-manifest", default=None, metavar="CSV",
+                   help="read the runs from a manifest.csv an earlier report wrote, not from the store (no per-epoch "
+                        "figures; the manifest itself is left as it is)")
     r.add_argument("--out", default=str(REPO / "results"), help="output folder (default: <repo>/results)")
     r.add_argument("--x", default="budget", choices=["budget", "total", "stored", "nonzero"],
                    help="parameter count on the x axis of the accuracy-vs-parameters figure (default: each "
@@ -43,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_report(args) -> int:
+    if args.from_manifest:
+        return cmd_report_from_manifest(args)
     from analysis import load, report
 
     runs = load.load(args.tracking_uri or default_tracking_uri(), args.experiment)
@@ -50,6 +55,26 @@ def cmd_report(args) -> int:
     n = sum(len(v) for v in written.values())
     print(f"wrote {n} files under {args.out} ({len(runs.finished)} FINISHED runs of {len(runs.runs)}); "
           f"see {Path(args.out) / 'REPORT.md'}")
+    return 0
+
+
+def cmd_report_from_manifest(args) -> int:
+    """`report --from-manifest CSV`: the report from the run table an earlier report wrote, without the store.
+
+    Writes where --out says (where it is unset, into the manifest's own folder); the manifest stays as it is.
+    """
+    from analysis import load, report
+
+    if args.tracking_uri:
+        raise AnalysisError("--from-manifest and --tracking-uri exclude each other")
+    runs = load.from_manifest(args.from_manifest)
+    if args.experiment:
+        runs = load.only_experiment(runs, args.experiment)
+    out = Path(args.out) if args.out else Path(args.from_manifest).parent
+    written = report.write(runs, out, x=args.x)
+    n = sum(len(v) for v in written.values())
+    print(f"wrote {n} files under {out} from {args.from_manifest} ({len(runs.finished)} FINISHED runs of "
+          f"{len(runs.runs)}); see {out / 'REPORT.md'}")
     return 0
 
 

@@ -1,72 +1,138 @@
 """What the evidence says: the report's findings, written from the runs, with their uncertainty.
 
-Every sentence is computed from the FINISHED runs (and `reference/` for the paper's numbers), so it
-stays true when the grid or the results change.  A difference is called a difference only when its
-95% interval excludes zero.  Where a side ran one seed there is no t-test; the interval then comes
-from the seed-to-seed SD pooled over the grid (`stats.pooled_seed_sd`) and is marked "≈".
+Every sentence is computed from the FINISHED runs (and `reference/` for the authors' numbers and
+logs), so it stays true when the grid or the results change.  Every contrast comes from one model
+per experiment, architecture and training length (`analysis.inference`), with a simultaneous 95%
+interval over its family; a difference is called resolved only when that interval excludes zero.
+Each verdict names the training length it rests on; the paper's claim (within one point) is judged
+only for the networks the paper reported; and where a short training budget is known to favour one
+side, the verdict says so.
 """
 from __future__ import annotations
 
 import math
 
 import pandas as pd
-from scipy import stats as sps
 
-from analysis import tables
-from analysis.load import python_value
-from analysis.stats import HEADLINE, approximate_interval, compare, pooled_seed_sd
+from analysis import inference, reference, tables
+from analysis.load import METHOD_LABEL, python_value
+from analysis.reference import AUTHORS_CSG, csg_arg
+from analysis.stats import HEADLINE
 
-CSG_DEFAULTS = {"layout": "contiguous", "generator": "learned", "policy": "authors"}
-CLAIM_POINTS = 1.0  # the paper's claim: fewer parameters at less than 1% (point) of accuracy
-
-
-def _arg(row, key):
-    v = python_value(row.get(key)) if key in row else None
-    return CSG_DEFAULTS.get(key) if v in (None, "") else v
+CLAIM_POINTS = 1.0   # the paper's claim: fewer parameters at less than 1% (point) of accuracy
+SHORT_BUDGET = 150   # epochs: well short of the authors' ~200, where their CSG still lags plain
 
 
 def _int(v):
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
+def _num(v) -> float:
+    v = python_value(v)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def when(epochs) -> str:
+    """'at 10 epochs', or 'between 10 and 30 epochs' for a contrast over training lengths."""
+    vals = sorted({int(_num(e)) for e in (epochs if isinstance(epochs, (list, tuple)) else [epochs])
+                   if not math.isnan(_num(e))})
+    if not vals:
+        return "at an unknown training length"
+    return f"at {vals[0]} epochs" if len(vals) == 1 else f"between {vals[0]} and {vals[-1]} epochs"
+
+
+def direction(res: dict) -> str:
+    """'higher' or 'lower' where the interval excludes zero, 'open' where it spans it, 'none' without one."""
+    if math.isnan(res["ci_low"]):
+        return "none"
+    return "higher" if res["ci_low"] > 0 else "lower" if res["ci_high"] < 0 else "open"
+
+
+def cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def is_short(epochs) -> bool:
+    vals = [_num(e) for e in (epochs if isinstance(epochs, (list, tuple)) else [epochs])]
+    return any(v < SHORT_BUDGET for v in vals if not math.isnan(v))
+
+
+def csg_lag(arch: str) -> str:
+    """What the authors' own logs show of CSG against plain early in training, for `arch`'s networks
+    (or every network they logged, where they logged none of `arch`)."""
+    runs, curves = reference.authors_runs(), reference.authors_curves()
+    runs = runs[runs["reuses_generator"] == "no"]
+    archs = [arch] if ((runs["arch"] == arch) & (runs["method"] == "csg")).any() else sorted(set(runs["arch"]))
+    parts = []
+    for a in archs:
+        plain = runs[(runs["arch"] == a) & (runs["method"] == "none")]
+        if plain.empty:
+            continue
+        p = curves[curves["run"] == plain.iloc[0]["run"]].set_index("epoch")["test_acc"]
+        for _, c in runs[(runs["arch"] == a) & (runs["method"] == "csg")].iterrows():
+            q = curves[curves["run"] == c["run"]].set_index("epoch")["test_acc"]
+            quarter = int(min(p.index.max(), q.index.max())) // 4
+            early = float((p - q).dropna().loc[:quarter].mean())
+            end = float(p.max() - q.max())
+            parts.append(f"{a} CSG S{int(c['slice'])} d{int(c['code_dim'])} is {abs(early):.1f} points "
+                         f"{'behind' if early >= 0 else 'ahead'} on average over their first {quarter} epochs and "
+                         f"{abs(end):.2f} {'behind' if end >= 0 else 'ahead'} at their best test epochs")
+    return "; ".join(parts)
+
+
+def dense_phase(row, epochs) -> str:
+    """How much of its run a baseline trains above its budget, read from its own arguments ('' if none)."""
+    e = _num(epochs)
+    frac = {k: _num(row.get(k)) for k in ("start", "end", "prune_at", "decompose_at")}
+
+    def part(f):
+        return f"{f:.0%} of training" + ("" if math.isnan(e) else f" ({f * e:g} of {e:g} epochs)")
+    method, mode = row.get("method"), python_value(row.get("mode"))
+    if method == "prune" and mode == "gradual" and not math.isnan(frac["end"]):
+        return (f"it holds more nonzero weights than its budget until {part(frac['end'])}, dense for the first "
+                f"{frac['start']:.0%}")
+    if method == "prune" and mode == "oneshot" and not math.isnan(frac["prune_at"]):
+        return f"it trains dense for the first {part(frac['prune_at'])}"
+    if method == "filterprune" and not math.isnan(frac["prune_at"]):
+        return f"it trains the unpruned network for the first {part(frac['prune_at'])}"
+    if method == "lowrank" and mode == "decompose" and not math.isnan(frac["decompose_at"]):
+        return f"it trains the dense network for the first {part(frac['decompose_at'])}"
+    return ""
+
+
 class Evidence:
     def __init__(self, summary: pd.DataFrame, comp: pd.DataFrame, finished: pd.DataFrame, ref: pd.DataFrame):
         self.summary, self.comp, self.finished, self.ref = summary, comp, finished, ref
-        self.sd, self.df = pooled_seed_sd(finished)
-        self.by_group = {g: d.set_index("seed")[HEADLINE] for g, d in finished.groupby("group")}
+        self.models = inference.Models(finished, HEADLINE)
         self.protocol = finished.groupby("group")["protocol"].first() if len(finished) else pd.Series(dtype=object)
-        self.tested = self.approximated = 0
+        self.across = (finished.groupby("group")["across_lengths"].first() if "across_lengths" in finished
+                       else pd.Series(dtype=object))
+        self.stated: list[dict] = []  # every contrast a sentence states, for the closing tally
 
     # -- one contrast ----------------------------------------------------------------------------
-    def contrast(self, a: str, b: str) -> dict:
-        """mean(a) − mean(b) with a 95% interval: a t-test where both sides have >= 2 seeds, else ≈."""
-        res = compare(self.by_group[a], self.by_group[b])
-        res["approx"] = math.isnan(res["ci_low"]) and not math.isnan(res["diff"])
-        if res["approx"]:
-            res["ci_low"], res["ci_high"] = approximate_interval(res["diff"], res["n_a"], res["n_b"], self.sd, self.df)
-            self.approximated += 1
-        else:
-            self.tested += 1
+    def state(self, res: dict) -> dict:
+        self.stated.append(res)
         return res
+
+    def from_comp(self, row) -> dict:
+        return self.state({"estimate": row["diff_vs_csg"], "ci_low": row["diff_ci_low"], "ci_high": row["diff_ci_high"],
+                           "df": row["df"], "m": row["m"], "resolved": bool(row["resolved"]), "reason": row["reason"],
+                           "epochs": [row["epochs"]]})
+
+    def family(self, wanted: list[inference.Wanted]) -> list[dict]:
+        return [self.state(r) for r in self.models.family(wanted)]
 
     @staticmethod
     def fmt(res: dict) -> str:
         if math.isnan(res["ci_low"]):
-            return f"{tables.fmt_signed(res['diff'])} points (no interval: no configuration ran two seeds)"
-        mark = "≈" if res["approx"] else ""
-        how = "pooled seed SD" if res["approx"] else f"{res['test']}, p = {tables.fmt_p(res['pvalue'])}"
-        return (f"{tables.fmt_signed(res['diff'])} points, 95% CI {mark}[{tables.fmt_signed(res['ci_low'])}, "
-                f"{tables.fmt_signed(res['ci_high'])}] ({how})")
+            return f"{tables.fmt_signed(res['estimate'])} points (no interval: {res['reason']})"
+        return (f"{tables.fmt_signed(res['estimate'])} points, simultaneous 95% CI [{tables.fmt_signed(res['ci_low'])}, "
+                f"{tables.fmt_signed(res['ci_high'])}] (Bonferroni over {int(res['m'])}; {int(res['df'])} residual df)")
 
     @staticmethod
     def verdict(res: dict, higher: str, lower: str) -> str:
-        if math.isnan(res["ci_low"]):
-            return "undetermined"
-        if res["ci_low"] > 0:
-            return higher
-        if res["ci_high"] < 0:
-            return lower
-        return "no difference resolved (the interval spans zero)"
+        return {"none": "no verdict without an interval", "higher": f"resolved: {higher}",
+                "lower": f"resolved: {lower}", "open": "not resolved (the interval spans zero)"}[direction(res)]
 
     def acc(self, row) -> str:
         return tables.fmt_acc_row(row, HEADLINE)
@@ -91,118 +157,217 @@ class Evidence:
                 continue
             if not self.same_protocol(other["group"], row["group"]):
                 continue
-            keys = ("slice", "code_dim", "layout", "generator", "policy")
-            want = {k: changes.get(k, _arg(row, k)) for k in keys}
-            if all(_arg(other, k) == want[k] for k in keys):
+            want = {k: changes.get(k, python_value(row.get(k))) for k in ("slice", "code_dim")}
+            want.update({k: changes.get(k, csg_arg(row, k)) for k in AUTHORS_CSG})
+            have = {k: python_value(other.get(k)) for k in ("slice", "code_dim")}
+            have.update({k: csg_arg(other, k) for k in AUTHORS_CSG})
+            if have == want:
                 return other
         return None
 
     # -- the findings ------------------------------------------------------------------------------
-    def against_plain(self) -> list[str]:
+    def the_models(self) -> list[str]:
         out = []
-        for _, p in self.related("plain network").iterrows():
-            csg = self.row(p["csg_group"])
-            if _arg(csg, "generator") != "learned" or _arg(csg, "layout") != "contiguous":
-                continue  # those are judged against their learned / contiguous twin below
-            res = self.contrast(p["group"], csg["group"])
-            if math.isnan(res["ci_high"]):
-                claim = "cannot be judged without an interval"
-            elif res["ci_high"] < CLAIM_POINTS:
-                claim = f"is supported: the whole interval lies below {CLAIM_POINTS:g} point"
-            elif res["ci_low"] >= CLAIM_POINTS:
-                claim = f"is contradicted: the whole interval lies above {CLAIM_POINTS:g} point"
-            else:
-                claim = f"is neither confirmed nor ruled out: the interval straddles {CLAIM_POINTS:g} point"
-            out.append(f"CSG {csg['variant']} ({csg['arch']}) stores {tables.fmt_int(csg['params_stored'])} parameters, "
-                       f"{tables.fmt_fewer(p['params_total'], csg['params_stored'])} than the plain network's "
-                       f"{tables.fmt_int(p['params_total'])}, and "
-                       f"scores {self.acc(csg)} against plain {self.acc(p)}. Plain − CSG = {self.fmt(res)}. "
-                       f"A loss under {CLAIM_POINTS:g} point, as the paper claims for its CSG networks, {claim}.")
+        for m in self.models.per_length + self.models.over_lengths:
+            blocks = "seed(s)" if len(m.epochs) == 1 else "(training length, seed) blocks"
+            text = (f"The model for {m.label}: {len(m.data)} runs of {len(m.configs)} configuration(s) over "
+                    f"{m.data['seed'].nunique()} {blocks}; ")
+            if m.fit is None:
+                out.append(text + f"no interval from it ({m.reason}).")
+                continue
+            text += f"residual SD {m.sigma:.2f} points on {m.df_resid} residual degrees of freedom."
+            if len(m.epochs) == 1:  # the per-length model is the one the spread diagnostic speaks for
+                text += " " + self.spread(m)
+            out.append(text)
         return out
+
+    @staticmethod
+    def spread(m: inference.Model) -> str:
+        s = m.spread()
+        if not s["rms"]:
+            return ""
+        rms = ", ".join(f"{METHOD_LABEL.get(k, k)} {v:.2f}" for k, v in s["rms"].items())
+        text = f"RMS residual by method (configurations with two or more seeds): {rms}. "
+        if math.isnan(s["p"]):
+            return text + ("Whether the spread differs between methods is not testable here: no two methods have two "
+                           "or more residual degrees of freedom of their own (k seeds of a configuration give k − 1), "
+                           "so the model's single residual variance is an assumption these runs cannot check.")
+        text += (f"Brown–Forsythe test (Levene's, about the median) of equal spread across "
+                 f"{', '.join(METHOD_LABEL.get(k, k) for k in s['tested'])}: W = {s['statistic']:.2f}, "
+                 f"p = {tables.fmt_p(s['p'])}.")
+        if s["flag"]:
+            text += (" **Flag: the residual spread differs between methods, so the pooled model's equal-variance "
+                     "assumption is in doubt: intervals involving the noisier methods are too narrow, and those of "
+                     "the quieter ones too wide.**")
+        return text
+
+    def reported(self) -> str:
+        """The networks of this grid's architectures the paper reported, for the claim's scope."""
+        archs = set(self.csg_rows()["arch"])
+        rows = self.ref[(self.ref["method"] == "csg") & self.ref["arch"].isin(archs)]
+        return ", ".join(f"{r['arch']} CSG S{int(r['slice'])} d{int(r['code_dim'])}" for _, r in rows.iterrows())
+
+    def against_plain(self) -> list[str]:
+        rows = self.related("plain network")
+        if rows.empty:
+            return []
+        out = []
+        scope = self.reported()
+        intro = (f"All CSG configurations against the plain network form one family per model. The paper's claim "
+                 f"(a loss under {CLAIM_POINTS:g} point at about half the parameters) is judged only for the networks "
+                 f"it reported, with the authors' contiguous layout, learned generator and converted layers"
+                 + (f" ({scope} here)" if scope else " (none of this grid's)") + "; the others get their difference "
+                 f"and its interval.")
+        short = [a for a in sorted(set(rows["arch"])) if is_short(rows.loc[rows["arch"] == a, "epochs"].tolist())]
+        lags = list(dict.fromkeys(lag for lag in map(csg_lag, short) if lag))  # once per network they logged
+        if lags:
+            intro += (f" A short budget favours the plain network: the authors trained for about 200 epochs, and in "
+                      f"their own logs {'; '.join(lags)}.")
+        out.append(intro)
+        for _, p in rows.iterrows():
+            csg = self.row(p["csg_group"])
+            res = self.from_comp(p)
+            text = (f"{cap(when(p['epochs']))}, CSG {csg['variant']} ({csg['arch']}) stores "
+                    f"{tables.fmt_int(csg['params_stored'])} parameters, "
+                    f"{tables.fmt_fewer(p['params_total'], csg['params_stored'])} than the plain network's "
+                    f"{tables.fmt_int(p['params_total'])}, and scores {self.acc(csg)} against plain {self.acc(p)}. "
+                    f"Plain − CSG = {self.fmt(res)}; {self.verdict(res, 'plain is better', 'CSG is better')}")
+            text += " (a short budget favours plain: see above)." if is_short(p["epochs"]) else "."
+            if reference.authors_row(self.ref, csg) is not None:
+                text += f" The paper's claim for this network, a loss under {CLAIM_POINTS:g} point, {self.claim(res)}."
+            out.append(text)
+        return out
+
+    @staticmethod
+    def claim(res: dict) -> str:
+        at = when(res["epochs"])
+        if math.isnan(res["ci_high"]):
+            return f"cannot be judged {at} without an interval"
+        if res["ci_high"] < CLAIM_POINTS:
+            return f"is supported {at}: the whole interval lies below {CLAIM_POINTS:g} point"
+        if res["ci_low"] >= CLAIM_POINTS:
+            return f"is contradicted {at}: the whole interval lies above {CLAIM_POINTS:g} point"
+        return f"is neither confirmed nor ruled out {at}: the interval straddles {CLAIM_POINTS:g} point"
 
     def against_baselines(self) -> list[str]:
         out = []
         for csg_group, m in self.related("matched budget").groupby("csg_group", sort=False):
             csg = self.row(csg_group)
-            items, tally = [], {"above": 0, "below": 0, "open": 0}
+            epochs = m.iloc[0]["epochs"]
+            items, tally = [], {"higher": 0, "lower": 0, "open": 0, "none": 0}
             for _, b in m.iterrows():
-                res = self.contrast(b["group"], csg_group)
-                v = self.verdict(res, "above", "below")
-                tally[v if v in ("above", "below") else "open"] += 1
-                items.append((res["diff"], f"{b['method_label']} ({b['variant']}; {tables.fmt_int(b['params_counted'])} "
-                                           f"{b['budget_count']} parameters): {self.acc(b)}, method − CSG = {self.fmt(res)}"))
-            lines = [f"At the budget of CSG {csg['variant']} ({tables.fmt_int(csg['params_stored'])} stored parameters, "
-                     f"{self.acc(csg)}), best baseline first:"]
+                res = self.from_comp(b)
+                v = self.verdict(res, "above CSG", "below CSG")
+                tally[direction(res)] += 1
+                base = self.row(b["group"])
+                which = b["which_variant"]
+                dense = dense_phase(base, epochs)
+                items.append((res["estimate"], f"{b['method_label']}" + (f", variant '{which}'" if which else "")
+                              + f" ({b['variant']}; matched on {b['budget_count']}: {tables.fmt_int(b['params_counted'])}, "
+                                f"leaves out {tables.leaves_out(b)}): {self.acc(b)}, method − CSG = {self.fmt(res)}; {v}"
+                              + (f"; {dense}" if dense else "") + "."))
+            lines = [f"{cap(when(epochs))}, at the budget of CSG {csg['variant']} "
+                     f"({tables.fmt_int(csg['params_stored'])} stored parameters, {self.acc(csg)}), best baseline first "
+                     f"(one family):"]
             lines += [f"  - {text}" for _, text in sorted(items, key=lambda t: -t[0])]
-            lines.append(f"  - In all: {tally['below']} baseline(s) resolved below CSG, {tally['above']} above, and "
-                         f"{tally['open']} not resolved from CSG at this number of seeds.")
+            total = (f"  - In all {when(epochs)}: {tally['lower']} baseline(s) resolved below CSG, {tally['higher']} "
+                     f"above, {tally['open']} not resolved from CSG" + (f", and {tally['none']} without an interval"
+                                                                         if tally["none"] else "") + ".")
+            if is_short(epochs):
+                total += (" A short budget favours the baselines: CSG lags plain early in the authors' own logs (see "
+                          "CSG against the plain network), and a baseline that prunes part-way trains above its "
+                          "budget until then (noted beside it).")
+            lines.append(total)
             out.append("\n".join(lines))
         return out
 
     def code_dim_tradeoff(self) -> list[str]:
-        out = []
         learned = self.csg_rows()
-        learned = learned[[(_arg(r, "generator"), _arg(r, "layout"), _arg(r, "policy")) == tuple(CSG_DEFAULTS[k]
-                           for k in ("generator", "layout", "policy")) for _, r in learned.iterrows()]]
+        learned = learned[[all(csg_arg(r, k) == v for k, v in AUTHORS_CSG.items()) for _, r in learned.iterrows()]]
         if learned.empty or "code_dim" not in learned:
-            return out
-        for (arch, slice_, _), g in learned.groupby(
-                [learned["arch"], learned["slice"].map(python_value), learned["group"].map(self.protocol)], sort=False):
-            if g["code_dim"].nunique() < 2:
-                continue
-            g = g.assign(_d=g["code_dim"].map(python_value)).sort_values("_d")
+            return []
+        sweeps = []
+        for _, g in learned.groupby([learned["arch"], learned["slice"].map(python_value),
+                                     learned["group"].map(self.protocol)], sort=False):
+            if g["code_dim"].nunique() >= 2:
+                g = g.assign(_d=g["code_dim"].map(python_value)).sort_values("_d")
+                sweeps.append(g)
+        results = self.family([inference.difference(g.iloc[-1]["group"], g.iloc[0]["group"]) for g in sweeps])
+        out = []
+        for g, res in zip(sweeps, results):
+            lo, hi = g.iloc[0], g.iloc[-1]
             steps = "; ".join(f"d = {int(r['_d'])}: {tables.fmt_int(r['params_stored'])} parameters, {self.acc(r)}"
                               for _, r in g.iterrows())
-            text = f"Learned CSG on {arch}, slice {_int(slice_)}, by code dimension: {steps}."
-            lo, hi = g.iloc[0], g.iloc[-1]
-            res = self.contrast(hi["group"], lo["group"])
-            text += (f" Going from d = {int(lo['_d'])} to d = {int(hi['_d'])} multiplies the stored parameters by "
-                     f"{hi['params_stored'] / lo['params_stored']:.2f} and changes accuracy by {self.fmt(res)}.")
+            text = (f"{cap(when(res['epochs']))}, learned CSG on {lo['arch']}, slice {_int(python_value(lo['slice']))}, "
+                    f"by code dimension: {steps}. Going from d = {int(lo['_d'])} to d = {int(hi['_d'])} multiplies the "
+                    f"stored parameters by {hi['params_stored'] / lo['params_stored']:.2f} and changes accuracy by "
+                    f"{self.fmt(res)}; {self.verdict(res, 'the larger code is better', 'the smaller code is better')}.")
             if len(g) >= 3:
-                rho, p = sps.spearmanr(g["_d"], g[f"{HEADLINE}_mean"])
+                sp = inference.spearman(g["_d"], g[f"{HEADLINE}_mean"])
+                how = "exact permutation p" if sp["exact"] else "permutation p (9,999 orderings)"
                 text += (f" Across the {len(g)} code dimensions, Spearman's ρ between d and mean accuracy is "
-                         f"{rho:.2f} (p = {tables.fmt_p(p)}, n = {len(g)} configurations).")
+                         f"{sp['rho']:.2f} ({how} = {tables.fmt_p(sp['p'])}, n = {len(g)} configurations).")
             out.append(text)
         return out
 
     def twin(self, key: str, value: str, label: str) -> list[str]:
         """Each CSG configuration whose `key` is `value`, against the same configuration with the default."""
-        out = []
+        pairs, lonely = [], []
         for _, r in self.csg_rows().iterrows():
-            if _arg(r, key) != value:
+            if csg_arg(r, key) != value:
                 continue
-            base = self.partner(r, **{key: CSG_DEFAULTS[key]})
+            base = self.partner(r, **{key: AUTHORS_CSG[key]})
             if base is None:
-                out.append(f"CSG {r['variant']} ({r['arch']}): {self.acc(r)}; no {CSG_DEFAULTS[key]} twin ran, so "
-                           f"there is nothing to compare it with.")
-                continue
-            res = self.contrast(r["group"], base["group"])
+                lonely.append(r)
+            else:
+                pairs.append((r, base))
+        out = [f"CSG {r['variant']} ({r['arch']}): {self.acc(r)}; no {AUTHORS_CSG[key]} twin ran, so there is "
+               f"nothing to compare it with." for r in lonely]
+        results = self.family([inference.difference(r["group"], base["group"]) for r, base in pairs])
+        for (r, base), res in zip(pairs, results):
             verdict = self.verdict(res, f"the {label} is better", f"the {label} costs accuracy")
-            out.append(f"CSG {r['variant']} ({r['arch']}; {tables.fmt_int(r['params_stored'])} stored parameters) "
-                       f"scores {self.acc(r)} against {self.acc(base)} for {base['variant']} "
-                       f"({tables.fmt_int(base['params_stored'])} stored): {value} − {CSG_DEFAULTS[key]} = "
-                       f"{self.fmt(res)}; {verdict}.")
+            out.append(f"{cap(when(res['epochs']))}, CSG {r['variant']} ({r['arch']}; "
+                       f"{tables.fmt_int(r['params_stored'])} stored parameters) scores {self.acc(r)} against "
+                       f"{self.acc(base)} for {base['variant']} ({tables.fmt_int(base['params_stored'])} stored): "
+                       f"{value} − {AUTHORS_CSG[key]} = {self.fmt(res)}; {verdict}.")
+        return out
+
+    def across_lengths(self) -> list[str]:
+        """How each method − CSG gap changes with the training length, where the grid ran several."""
+        if self.across.empty or self.comp.empty:
+            return []
+        rows = self.comp[self.comp["relation"] != "CSG"].copy()
+        rows["_a"], rows["_b"] = rows["group"].map(self.across), rows["csg_group"].map(self.across)
+        wanted, labels = [], []
+        for _, g in rows.groupby(["_a", "_b"], sort=False):
+            g = g.assign(_e=g["epochs"].map(_num)).sort_values("_e")
+            for (_, short), (_, long) in zip(g.iloc[:-1].iterrows(), g.iloc[1:].iterrows()):
+                wanted.append(inference.gap_change(long["group"], long["csg_group"], short["group"], short["csg_group"]))
+                labels.append((long, short))
+        results = self.family(wanted)
+        out = []
+        for (long, short), res in zip(labels, results):
+            who = "plain" if long["relation"] == "plain network" else long["method_label"]
+            out.append(f"{cap(when([short['epochs'], long['epochs']]))}, CSG {long['csg_variant']} ({long['arch']}) "
+                       f"against {who}: ({who} − CSG) {when(long['epochs'])} minus {when(short['epochs'])} = "
+                       f"{self.fmt(res)}; "
+                       f"{self.verdict(res, 'the gap widens with training', 'the gap narrows with training')}.")
         return out
 
     def paper(self) -> list[str]:
         out = []
         for _, p in self.related("plain network").iterrows():
             csg = self.row(p["csg_group"])
-            if _arg(csg, "generator") != "learned" or _arg(csg, "policy") != "authors":
+            rc = reference.authors_row(self.ref, csg)
+            rp = reference.authors_row(self.ref, {"arch": csg["arch"], "method": "none"})
+            if rc is None or rp is None:
                 continue
-            arch = csg["arch"]
-            rp = self.ref[(self.ref["arch"] == arch) & (self.ref["method"] == "none")]
-            rc = self.ref[(self.ref["arch"] == arch) & (self.ref["method"] == "csg")
-                          & (self.ref["slice"] == python_value(csg.get("slice")))
-                          & (self.ref["code_dim"] == python_value(csg.get("code_dim")))]
-            if rp.empty or rc.empty or _arg(csg, "layout") != "contiguous":
-                continue
-            a_plain, a_csg = float(rp.iloc[0]["accuracy"]), float(rc.iloc[0]["accuracy"])
+            a_plain, a_csg = float(rp["accuracy"]), float(rc["accuracy"])
             ours_rule = p["best_test_acc_mean"] - csg["best_test_acc_mean"]
             ours_head = p[f"{HEADLINE}_mean"] - csg[f"{HEADLINE}_mean"]
             out.append(
-                f"{arch}, CSG {csg['variant']}: the authors report plain {a_plain:.2f} and CSG {a_csg:.2f} (one run "
-                f"each, best test epoch), a gap of {a_plain - a_csg:.2f} points. By the same rule our means are "
+                f"{cap(when(p['epochs']))} (the authors': about 200), {csg['arch']}, CSG {csg['variant']}: the authors report plain {a_plain:.2f} and CSG {a_csg:.2f} (one "
+                f"run each, best test epoch), a gap of {a_plain - a_csg:.2f} points. By the same rule our means are "
                 f"{p['best_test_acc_mean']:.2f} and {csg['best_test_acc_mean']:.2f}, a gap of {ours_rule:.2f}; by "
                 f"validation-based selection the gap is {ours_head:.2f}. Ours minus theirs, by their rule: "
                 f"{tables.fmt_signed(p['best_test_acc_mean'] - a_plain)} (plain) and "
@@ -212,18 +377,15 @@ class Evidence:
 
     def thin(self) -> str:
         ns = self.summary["n"].astype(int) if len(self.summary) else pd.Series(dtype=int)
-        q = self.comp["q"].dropna() if len(self.comp) and "q" in self.comp else pd.Series(dtype=float)
-        text = (f"Of the {self.tested + self.approximated} contrasts above, {self.tested} rest on a t-test (two or more "
-                f"seeds on both sides) and {self.approximated} on the pooled-noise approximation ")
-        text += (f"(seed-to-seed SD {self.sd:.2f} points, pooled over {self.df} degree(s) of freedom from the "
-                 f"configurations that ran several seeds), which assumes every method is as noisy as those. "
-                 if self.df else "(unavailable: no configuration ran two seeds). ")
-        text += (f"{int((ns == 1).sum())} of {len(ns)} configurations ran a single seed. ")
-        if len(q):
-            text += (f"Of the {len(q)} t-tests in the method comparison, {int((q < 0.05).sum())} remain below 0.05 after "
-                     f"the Benjamini–Hochberg adjustment. ")
-        text += ("Differences of a few tenths of a point between single-seed configurations are within the noise, "
-                 "so a ranking among them is not evidence; more seeds, not more configurations, would sharpen it.")
+        with_interval = [r for r in self.stated if not math.isnan(r["ci_low"])]
+        resolved = sum(bool(r["resolved"]) for r in with_interval)
+        text = (f"Of the {len(self.stated)} contrasts above, {len(with_interval)} have an interval from the model and "
+                f"{resolved} of those are resolved; {len(self.stated) - len(with_interval)} are without one. ")
+        text += (f"{int((ns == 1).sum())} of {len(ns)} configurations ran a single seed: the model reads that seed's "
+                 f"effect off the configurations that ran it, so their contrasts are estimated, with wider intervals "
+                 f"than a second seed would give. ")
+        text += ("Intervals are simultaneous within each family (Bonferroni), so a family with more contrasts has "
+                 "wider ones; more seeds, not more configurations, would sharpen them.")
         return text
 
 
@@ -232,17 +394,19 @@ def findings(summary: pd.DataFrame, comp: pd.DataFrame, finished: pd.DataFrame, 
     if summary.empty:
         return ["No run FINISHED, so there is no evidence yet."]
     ev = Evidence(summary, comp, finished, ref)
-    sections = [("CSG against the plain network", ev.against_plain()),
+    sections = [("The model", ev.the_models()),
+                ("CSG against the plain network", ev.against_plain()),
                 ("CSG against the baselines at equal parameters", ev.against_baselines()),
                 ("Code dimension", ev.code_dim_tradeoff()),
                 ("The random-binary generator", ev.twin("generator", "binary", "random-binary generator")),
                 ("Block against contiguous layout", ev.twin("layout", "block", "block layout")),
+                ("Across training lengths", ev.across_lengths()),
                 ("Against the paper", ev.paper())]
     out = []
     for title, paragraphs in sections:
         if paragraphs:
             out.append(f"**{title}.**\n\n" + "\n\n".join(paragraphs))
-    if ev.tested + ev.approximated:
+    if ev.stated:
         out.append("**How firm this is.** " + ev.thin())
     else:
         out.append("Nothing to compare: no CSG configuration finished beside a plain network, a baseline at its "

@@ -27,6 +27,7 @@ METHOD_COLOR = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(METHOD_ORDER)
 METHOD_MARKER = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(METHOD_ORDER)}
 FIGURES = ["acc_vs_params", "code_dim_sweep", "training_curves", "curves_vs_authors", "paper_vs_us",
            "param_breakdown"]
+CURVE_FIGURES = ("training_curves", "curves_vs_authors")  # drawn from per-epoch metrics
 
 
 def _style():
@@ -383,13 +384,16 @@ def param_breakdown(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save(fig, out_dir, name)
 
 
-def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path, x: str = "budget") -> list[Path]:
+def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path, x: str = "budget",
+                curves: bool = True) -> list[Path]:
+    """Every figure; `curves=False` leaves out (and leaves as they are) the ones drawn from per-epoch metrics."""
     _style()
     paths = []
     paths += acc_vs_params(summary, out_dir, x)
     paths += code_dim_sweep(summary, out_dir)
-    paths += training_curves(summary, wide, out_dir)
-    paths += curves_vs_authors(summary, wide, out_dir)
+    if curves:
+        paths += training_curves(summary, wide, out_dir)
+        paths += curves_vs_authors(summary, wide, out_dir)
     paths += paper_vs_us(paper_table_data, out_dir)
     paths += param_breakdown(breakdown_frame, out_dir)
     return paths

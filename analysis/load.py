@@ -13,6 +13,7 @@ taken over the seeds of a group, and only FINISHED runs enter them (`finished`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 ARCH_ORDER = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "densenet_bc_k36", "densenet_bc_k48",
               "mobilenetv2", "shufflenetv2_0_5", "imagenet_resnet18", "imagenet_resnet50", "deeplabv3_resnet50",
               "deeplabv3_resnet101"]
-METHOD_ORDER = ["none", "csg", "prune", "filterprune", "lowrank", "hashed", "width", "softshare"]
+METHOD_ORDER = ["none", "csg", "prune", "filterprune", "lowrank", "hashed", "width", "softshare", "hypernet"]
 METHOD_LABEL = {"none": "plain", "csg": "CSG", "prune": "pruning", "filterprune": "filter pruning",
-                "lowrank": "low-rank", "hashed": "HashedNets", "width": "width scaling", "softshare": "soft sharing"}
+                "lowrank": "low-rank", "hashed": "HashedNets", "width": "width scaling", "softshare": "soft sharing",
+                "hypernet": "HyperNetwork"}
 
 # params the harness adds beside the config; they describe the run, they are not the method's arguments
 DERIVED_PARAMS = ["budget_count", "knob", "precision_used"]
@@ -45,8 +47,8 @@ NOT_PROTOCOL = {"arch", "method", "method_args", "target_params", "seed", "name"
 EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "epoch_seconds"]
 FINAL_METRICS = ["final_test_acc", "final_val_acc", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
                  "best_test_acc", "best_test_epoch", "params_total", "params_trainable", "params_frozen",
-                 "params_stored", "params_nonzero", "bytes_on_disk", "flops", "macs", "kernel_gen_flops",
-                 "train_seconds"]
+                 "params_stored", "params_nonzero", "bytes_on_disk", "bytes_sparse", "bytes_sparse_index", "flops",
+                 "macs", "kernel_gen_flops", "train_seconds"]
 TAGS = ["config_hash", "git_commit", "device", "torch_version", "precision", "grid", "arch", "method",
         "failure_reason"]
 STATUSES = ["FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"]
@@ -150,6 +152,7 @@ class Runs:
     param_columns: list[str] = field(default_factory=list)
     method_arg_columns: list[str] = field(default_factory=list)
     duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished runs superseded by a later one
+    manifest: str = ""                     # the manifest.csv the runs were read from (`from_manifest`), if any
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -279,6 +282,9 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
     runs["group"] = [_group_key(p, name_to_key) for p in params_per_run]
     runs["protocol"] = [_group_key({k: v for k, v in p.items() if k in cfg_keys and k not in NOT_PROTOCOL})
                         for p in params_per_run]
+    # the same configuration at another training length: how a gap changes with the length is a contrast
+    runs["across_lengths"] = [_group_key({k: v for k, v in p.items() if k != "epochs"}, name_to_key)
+                              for p in params_per_run]
     runs["method_label"] = runs["method"].map(lambda m: METHOD_LABEL.get(m, str(m)))
     runs["variant"] = [variant_label(row, json.loads(row["method_args"])) for _, row in runs.iterrows()]
     runs["epochs_completed"] = np.nan
@@ -298,6 +304,70 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
     return Runs(tracking_uri=uri, experiments=sorted(set(runs["experiment"])), runs=runs, epochs=epochs,
                 param_columns=param_cols, method_arg_columns=method_arg_cols,
                 duplicates=runs[runs["superseded"]])
+
+
+def from_manifest(path: str | Path) -> Runs:
+    """The runs as a `manifest.csv` (written by `python -m analysis report`) lists them, without the store.
+
+    The manifest holds each run's identity, status, seed, final metrics and parameter counts, not its
+    training settings or per-epoch metrics.  What the analysis needs beyond that is recovered, and
+    nothing else is invented:
+    - the method's arguments from the variant label (`args_from_variant`), and the count its budget
+      was matched on from the method's own declaration (`study.methods`);
+    - the training length from `epochs_completed`: a FINISHED run completed every epoch it was
+      configured for;
+    - the protocol: runs of one experiment with the same training length are taken to share one (a
+      grid file's defaults apply to all of its runs), stated in the report.
+    """
+    from study.methods import get_method
+
+    path = Path(path)
+    if not path.is_file():
+        raise AnalysisError(f"no manifest at {path}")
+    try:
+        m = pd.read_csv(path, dtype={"run_id": str, "config_hash": str, "group": str, "variant": str,
+                                     "failure_reason": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise AnalysisError(f"cannot read the manifest {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    missing = {"experiment", "run_name", "group", "status", "arch", "method", "variant", "seed"} - set(m.columns)
+    if missing or m.empty:
+        raise AnalysisError(f"{path} is not a manifest of runs (missing columns: {', '.join(sorted(missing)) or 'none'}"
+                            f"{'; no rows' if m.empty else ''})")
+    runs = m.copy()
+    runs["failure_reason"] = runs["failure_reason"].fillna("")
+    runs["superseded"] = runs["superseded"].astype(str).eq("True")
+    runs["seed"] = typed_column([None if pd.isna(v) else str(int(v)) for v in runs["seed"]]).values
+    runs["variant"] = runs["variant"].fillna("-")
+    args = [args_from_variant(me, v) for me, v in zip(runs["method"], runs["variant"])]
+    arg_cols = sorted({k for a in args for k in a} - {"target_params"})
+    for k in arg_cols + ["target_params"]:
+        runs[k] = typed_column([a.get(k) for a in args]).values
+    runs["method_args"] = [json.dumps(sorted(k for k in a if k != "target_params")) for a in args]
+    runs["budget_count"] = [get_method(me).count for me in runs["method"]]  # as the runner logs them
+    runs["knob"] = [get_method(me).knob for me in runs["method"]]
+    runs["epochs"] = runs["epochs_completed"].where(runs["status"] == "FINISHED").astype("Int64")
+    runs["method_label"] = runs["method"].map(lambda me: METHOD_LABEL.get(me, str(me)))
+    runs["protocol"] = [_group_key({"experiment": e, "epochs": str(n)}) for e, n in zip(runs["experiment"], runs["epochs"])]
+    runs["across_lengths"] = [_group_key({"experiment": e, "arch": a, "method": me, "variant": v})
+                              for e, a, me, v in zip(runs["experiment"], runs["arch"], runs["method"], runs["variant"])]
+    for col in ("start_time", "end_time"):
+        runs[col] = np.nan
+    runs = sort_runs(runs).reset_index(drop=True)
+    return Runs(tracking_uri="", experiments=sorted(set(runs["experiment"])), runs=runs,
+                epochs=pd.DataFrame(columns=["run_id", "metric", "epoch", "value"]),
+                param_columns=sorted(["arch", "method", "seed", "epochs", "budget_count", "knob", "target_params",
+                                      *arg_cols]),
+                method_arg_columns=arg_cols, duplicates=runs[runs["superseded"]], manifest=str(path))
+
+
+def only_experiment(runs: Runs, experiment: str) -> Runs:
+    """`runs` restricted to one experiment (refused, as `load` refuses it, when there is none by that name)."""
+    if experiment not in runs.experiments:
+        raise AnalysisError(f"no experiment named {experiment!r} in {runs.manifest or runs.tracking_uri}; "
+                            f"available: {', '.join(runs.experiments) or 'none'}")
+    keep = runs.runs[runs.runs["experiment"] == experiment].reset_index(drop=True)
+    return dataclasses.replace(runs, experiments=[experiment], runs=keep, duplicates=keep[keep["superseded"]],
+                               epochs=runs.epochs[runs.epochs["run_id"].isin(keep["run_id"])])
 
 
 def _history(client, runs: pd.DataFrame) -> pd.DataFrame:
@@ -365,6 +435,62 @@ def variant_label(row, arg_keys: list[str]) -> str:
     if target is not None and method != "csg":
         label = (label + ", " if label else "") + f"target={_fmt_arg(target)}"
     return label or "-"
+
+
+def variant_name(method: str, args: dict) -> str:
+    """The procedure a baseline run used, in the method's own words (`variant(args)` of its class), or ''.
+
+    '' for plain and CSG (their label says it all), for a method that names no variants, and where the
+    run's logged arguments cannot say (an argument that did not exist yet when the run was made).
+    """
+    if method in ("none", "csg"):
+        return ""
+    try:
+        from study.methods import get_method
+
+        name = getattr(get_method(method), "variant", None)
+        return str(name(dict(args))) if name is not None else ""
+    except (ImportError, KeyError, TypeError, ValueError):
+        return ""
+
+
+# what `variant_label` leaves out of a CSG label, so reading one back restores it
+CSG_LABEL_DEFAULTS = {"generator": "learned", "layout": "contiguous", "policy": "authors"}
+_CSG_WORD = re.compile(r"^(S(?P<slice>\d+)|d(?P<code_dim>\d+))$")
+
+
+def args_from_variant(method: str, label) -> dict[str, str]:
+    """`variant_label` read backwards: a run's method arguments (as text, `target` as `target_params`).
+
+    For runs known only from `manifest.csv`, which lists the label and not the arguments.  Defaults
+    the label leaves out of a CSG label (a learned generator, the contiguous layout, the authors'
+    policy) come back; a float reads back as the label printed it (6 significant digits).
+    """
+    label = "" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
+    if label in ("", "-"):
+        return {}
+    args: dict[str, str] = {}
+    if method == "csg":
+        words = label.split(" ")
+        i = 0
+        while i < len(words):
+            w, m = words[i], _CSG_WORD.match(words[i])
+            if m:
+                args.update({k: v for k, v in m.groupdict().items() if v is not None})
+            elif "=" in w:
+                k, v = w.split("=", 1)
+                args[k] = v
+            elif i + 1 < len(words) and words[i + 1] == "layout":
+                args["layout"] = w
+                i += 1
+            else:
+                args["generator"] = w
+            i += 1
+        return {**CSG_LABEL_DEFAULTS, **args}
+    for part in re.split(r", (?=[A-Za-z_]\w*=)", label):  # a list value ('[2, 4, 3]') keeps its commas
+        k, v = part.split("=", 1)
+        args["target_params" if k == "target" else k] = v
+    return args
 
 
 def arch_rank(a) -> int:

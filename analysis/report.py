@@ -83,16 +83,20 @@ def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
     a_epochs = curves.groupby("run")["epoch"].max()
     epochs = [v for v in _values(fin, "epochs") if v is not None]
     done = [int(v) for v in fin["epochs_completed"].dropna()] if "epochs_completed" in fin else []
+    how = (f"completed {_fmt_values(epochs)} epoch(s) (the manifest's `epochs_completed`)" if runs.manifest else
+           f"were configured for {_fmt_values(epochs) or 'an unknown number of'} epoch(s)"
+           + (f" and logged {_range(done)} epoch(s) of metrics" if done else ""))
     out.append(
-        f"**Training length.** Our FINISHED runs were configured for {_fmt_values(epochs) or 'an unknown number of'} "
-        f"epoch(s)" + (f" and logged {_range(done)} epoch(s) of metrics" if done else "") +
+        f"**Training length.** Our FINISHED runs {how}" +
         f"; the authors trained for about 200 epochs (their logs in `reference/authors_curves.csv` run "
         f"{int(a_epochs.min())}–{int(a_epochs.max())} epochs). "
         + ("Shorter training lowers accuracy for every method, so compare methods within this report and read the "
            "authors' numbers as a ceiling, not a target." if epochs and max(epochs) < 150 else
            "The training length is comparable to theirs." if epochs else ""))
     val = _values(fin, "val_size")
-    sel = (f"**Model selection.** We hold out {_fmt_values(val)} training image(s) as a validation split, select "
+    held = (f"We hold out {_fmt_values(val)} training image(s) as a validation split, select" if val else
+            "We hold out a validation split of the training images (its size is not in the manifest), select")
+    sel = (f"**Model selection.** {held} "
            f"the epoch with the best validation accuracy and report the test accuracy at that epoch (the headline), "
            f"together with the final epoch's test accuracy. The authors report the best test-set epoch, i.e. they "
            f"select on the test set.")
@@ -111,7 +115,8 @@ def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
         seeds = f"{ns.min()}" if ns.min() == ns.max() else f"{ns.min()}–{ns.max()}"
         one = int((ns == 1).sum())
         out.append(f"**Seeds.** Each configuration ran with {seeds} seed(s) (the seed fixes initialisation, the "
-                   f"validation split and the data order); we report the mean and a 95% t-interval. "
+                   f"validation split and the data order); we report each configuration's mean and a 95% t-interval, "
+                   f"and compare configurations through the model of 'What the evidence says'. "
                    + (f"{one} configuration(s) have a single seed and therefore no interval. " if one else "")
                    + "The authors report one run per network, so their numbers carry no interval and a "
                      "difference of a few tenths of a point between theirs and ours is within seed-to-seed noise.")
@@ -141,7 +146,13 @@ def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
     prec = _values(fin, "precision_used")
     if any(p not in (None, "fp32") for p in prec):
         diffs.append(f"arithmetic precision {_fmt_values(prec)} (authors: fp32)")
-    if diffs:
+    if runs.manifest:
+        out.append(f"**Not in the manifest.** This report was regenerated from `{runs.manifest}`, which lists each "
+                   "run's identity, seed, final metrics and parameter counts but not its training settings (optimiser, "
+                   "schedule, batch size, data subsets, validation split, precision): how they differ from the "
+                   "authors' recipe is not restated here. The grid file under 'Grid configuration' gives them as it reads "
+                   "now; the report regenerated from the MLflow store reads them from the runs.")
+    elif diffs:
         out.append("**Optimisation.** Where our settings differ from the authors' CIFAR recipe (SGD, momentum 0.9, "
                    "weight decay 5e-4, LR 0.05 → 0.005 → 0.0005 at 50% and 75% of training): " + "; ".join(diffs) + ".")
     else:
@@ -157,11 +168,15 @@ def headline_sentences(comp: pd.DataFrame) -> list[str]:
     for csg_group, c in comp.groupby("csg_group", sort=False):
         csg = c[c["relation"] == "CSG"].iloc[0]
         for _, r in c[c["relation"] == "plain network"].iterrows():
-            test = "no test (fewer than 2 seeds on a side)" if math.isnan(r["p"]) else \
-                f"{r['test']}, p = {tables.fmt_p(r['p'])}"
-            out.append(f"{csg['arch']}, CSG {csg['csg_variant']}: {tables.fmt_acc_row(csg, HEADLINE)} vs plain "
-                       f"{tables.fmt_acc_row(r, HEADLINE)} (Δ plain − CSG = {tables.fmt_signed(r['diff_vs_csg'])} "
-                       f"points; {test}) with {tables.fmt_fewer(r['params_total'], csg['params_stored'])} stored parameters.")
+            if math.isnan(r["diff_ci_low"]):
+                test = "no interval"
+            else:
+                test = (f"simultaneous 95% CI {tables.fmt_interval(r['diff_ci_low'], r['diff_ci_high'])}, "
+                        + ("resolved" if r["resolved"] else "not resolved"))
+            out.append(f"{csg['arch']}, CSG {csg['csg_variant']}, {evidence.when(r['epochs'])}: "
+                       f"{tables.fmt_acc_row(csg, HEADLINE)} vs plain {tables.fmt_acc_row(r, HEADLINE)} (plain − CSG = "
+                       f"{tables.fmt_signed(r['diff_vs_csg'])} points; {test}) with "
+                       f"{tables.fmt_fewer(r['params_total'], csg['params_stored'])} stored parameters.")
     return out
 
 
@@ -177,14 +192,18 @@ def grid_section(runs: Runs, experiments: list[str]) -> str:
         if not vals:
             continue
         (constant if len(vals) == 1 else varying).append((k, vals))
-    lines = ["Read from the runs' logged params (all statuses).", "",
+    where = ("Read from the manifest (all statuses): method arguments from the variant labels (numbers as they print "
+             "them, to 6 significant digits), the training length from `epochs_completed`, the budget count and "
+             "knob from each method's own declaration; the other settings are not in the manifest." if runs.manifest else "Read from the runs' logged params (all statuses).")
+    lines = [where, "",
              "| param | value(s) |", "|---|---|"]
     lines += [f"| {k} | {tables.md_escape(_fmt_values(v))} |" for k, v in constant]
     lines += [f"| {k} (varies) | {tables.md_escape(_fmt_values(v))} |" for k, v in varying]
     for exp in experiments:
         path = REPO / "configs" / f"{exp}.yaml"
         if path.exists():
-            lines += ["", f"The grid file `configs/{exp}.yaml`:", "", "```yaml", path.read_text().rstrip(), "```"]
+            lines += ["", f"The grid file `configs/{exp}.yaml` as it is in the repository now (runs made before an "
+                          f"edit to it keep the settings they logged):", "", "```yaml", path.read_text().rstrip(), "```"]
     return "\n".join(lines)
 
 
@@ -219,13 +238,17 @@ def write(runs: Runs, out: Path, x: str = "budget") -> dict[str, list[Path]]:
     written = {"tables": [], "figures": []}
     for t in tabs:
         written["tables"] += t.write(tab_dir)
-    written["figures"] = figures.all_figures(summary, wide, tabs[2].data, bd, fig_dir, x)
-    man_path = out / "manifest.csv"
-    manifest(runs).to_csv(man_path, index=False, float_format="%.10g", lineterminator="\n")
+    curves = not runs.manifest  # a manifest holds no per-epoch metrics: those figures stay as they are
+    written["figures"] = figures.all_figures(summary, wide, tabs[2].data, bd, fig_dir, x, curves=curves)
+    kept = set() if curves else {n for n in figures.CURVE_FIGURES if (fig_dir / f"{n}.png").exists()}
 
-    text = render(runs, summary, comp, tabs, skipped, x, evidence.findings(summary, comp, fin, ref))
+    text = render(runs, summary, comp, tabs, skipped, x, evidence.findings(summary, comp, fin, ref), kept)
     (out / "REPORT.md").write_text(text)
-    written["report"] = [out / "REPORT.md", man_path]
+    written["report"] = [out / "REPORT.md"]
+    if not runs.manifest:  # a report regenerated from a manifest leaves that manifest as it is
+        man_path = out / "manifest.csv"
+        manifest(runs).to_csv(man_path, index=False, float_format="%.10g", lineterminator="\n")
+        written["report"].append(man_path)
     return written
 
 
@@ -244,14 +267,20 @@ FIGURE_CAPTIONS = {
 }
 
 
-def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str]) -> str:
+def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str], kept: set[str] = frozenset()) -> str:
+    """REPORT.md.  `kept`: per-epoch figures a manifest-driven report left as an earlier run wrote them."""
     allr, fin = runs.runs, runs.finished
     exps = runs.experiments
     counts = allr["status"].value_counts()
     status_line = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index))
-    L = [f"# Report: {', '.join(exps)}", "",
-         f"Generated by `python -m analysis report` from the MLflow store `{runs.tracking_uri}` "
-         f"(experiment{'s' if len(exps) > 1 else ''}: {', '.join(exps)}). Rerun it to regenerate every file.", "",
+    which = f"experiment{'s' if len(exps) > 1 else ''}: {', '.join(exps)}"
+    source = (f"Generated by `python -m analysis report --from-manifest {runs.manifest}` from the run table "
+              f"`{runs.manifest}` ({which}), written earlier from the MLflow store, which this run did not read. "
+              f"Rerun it to regenerate the tables and this file; the report regenerated from the store also rewrites "
+              f"the per-epoch figures and the manifest." if runs.manifest else
+              f"Generated by `python -m analysis report` from the MLflow store `{runs.tracking_uri}` ({which}). "
+              f"Rerun it to regenerate every file.")
+    L = [f"# Report: {', '.join(exps)}", "", source, "",
          f"**Runs:** {len(allr)} in all ({status_line}). {len(fin)} FINISHED run(s) enter the statistics, in "
          f"{len(summary)} configuration(s)."
          + (f" {len(runs.duplicates)} FINISHED run(s) were superseded by a later run of the same configuration and "
@@ -265,9 +294,14 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str]) -> 
     heads = headline_sentences(comp)
     if heads:
         L += ["## Headline", ""] + [f"- {h}" for h in heads] + [""]
-    L += ["## What the evidence says", "", "Computed from the runs: a difference is called one only when its 95% "
-          "interval excludes zero; '≈' marks an interval from the pooled seed-to-seed SD where a side ran one seed.",
-          ""]
+    L += ["## What the evidence says", "", "Computed from the runs. Every contrast comes from one linear model per "
+          "experiment, architecture and training length, accuracy ~ configuration + seed (statsmodels OLS; the seed "
+          "is a block, since it fixes the validation split, the data order and the initialisation for every method). "
+          "Intervals are simultaneous 95% intervals over each family of contrasts (Bonferroni: each at level "
+          "1 − 0.05/m for the m contrasts of the family), and a difference is called resolved only when its interval "
+          "excludes zero. Where a configuration lacks a seed, its estimate is adjusted for that seed's effect as the "
+          "other configurations show it. Where a model has no residual degrees of freedom there is no interval. "
+          "Every verdict names the training length it comes from.", ""]
     for f in findings:
         L += [f, ""]
     L += ["## How our protocol differs from the paper's", ""]
@@ -280,8 +314,16 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str]) -> 
     L += ["## Figures", "", "PNG and PDF under `figures/`.", ""]
     x_words = f"parameters ({figures.BUDGET_AXIS})" if x == "budget" else f"{x} parameters"
     for name in figures.FIGURES:
+        caption = FIGURE_CAPTIONS[name].format(x=x_words)
+        if runs.manifest and name in figures.CURVE_FIGURES:
+            if name not in kept:
+                L += [f"### {name.replace('_', ' ')}", "", caption + " Not available here: the manifest holds no "
+                      "per-epoch metrics.", ""]
+                continue
+            caption += (" Not regenerated from the manifest (it holds no per-epoch metrics): this is the file "
+                        "written earlier from the MLflow store.")
         L += [f"### {name.replace('_', ' ')}", "", f"![{name}](figures/{name}.png)", "",
-              FIGURE_CAPTIONS[name].format(x=x_words) + f" ([PDF](figures/{name}.pdf))", ""]
+              caption + f" ([PDF](figures/{name}.pdf))", ""]
     L += ["## Runs left out", ""]
     left = allr[(allr["status"] != "FINISHED") | allr["superseded"].astype(bool)]
     if left.empty:
@@ -315,6 +357,9 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str]) -> 
         vals = [v for v in _values(allr, col) if v not in (None, "")]
         if vals:
             L.append(f"- {what} (from the runs): {', '.join(f'`{v}`' for v in vals)}.")
+    if runs.manifest:
+        L.append("- Not in the manifest: when the runs started, the training device, torch version, precision and "
+                 "code commit (the report regenerated from the MLflow store lists them).")
     v = versions()
     L.append("- Analysis software: " + ", ".join(f"{k} {v[k]}" for k in v) + ".")
     L.append(f"- Analysis machine: {cpu_model()}, {os.cpu_count()} logical core(s), {platform.system()} "

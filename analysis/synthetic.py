@@ -1,18 +1,23 @@
-"""A synthetic MLflow store with the training code's schema, for tests and for trying the analysis.
+"""Synthetic runs with the training code's schema, for tests and for trying the analysis.
 
     python -c "from analysis.synthetic import make_store; print(make_store('/tmp/demo'))"
 
-Runs are logged through the real MLflow client.  Accuracies are made up (a deterministic function of
-the run name); parameter counts are the true ones for the CIFAR ResNets.  Besides FINISHED runs the
-store holds a FAILED, a KILLED and a RUNNING run, and one configuration+seed that finished twice.
+- `make_store`: an MLflow store, logged through the real MLflow client.  Accuracies are made up (a
+  deterministic function of the run name); parameter counts are the true ones for the CIFAR ResNets.
+  Besides FINISHED runs the store holds a FAILED, a KILLED and a RUNNING run, and one
+  configuration+seed that finished twice.
+- `run_table`: the frame the statistics read (`Runs.finished`), drawn with known effects (a true
+  mean per configuration, a shared effect per seed, noise), no MLflow needed.
 """
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 BASE_PARAMS = {"epochs": 6, "batch_size": 192, "lr": 0.05, "momentum": 0.9, "nesterov": False,
                "weight_decay": 0.0005, "schedule": "step", "milestones": "0.5,0.75", "gamma": 0.1,
@@ -163,3 +168,63 @@ def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, wit
             _log(client, exp_id, name, params_for("resnet20", method, args, target, seed, name), tags, hist, None,
                  status, start + 1_000_000 * (k + 2 + i))
     return uri
+
+
+# -- run tables with known effects ------------------------------------------------------------------
+# name -> (method, method args, parameter target, counts: total, stored, nonzero); the baselines are at
+# CSG 16/72's budget (its stored count), as in the quick study
+TABLE_CONFIGS = {
+    "plain": ("none", {}, None, (269722, 269722, 269722)),
+    "csg": ("csg", {"slice": 16, "code_dim": 72}, None, (176698, 176698, 176698)),
+    "csg-d32": ("csg", {"slice": 16, "code_dim": 32}, None, (79898, 79898, 79898)),
+    "csg-block": ("csg", {"slice": 16, "code_dim": 72, "layout": "block"}, None, (176698, 176698, 176698)),
+    "prune": ("prune", {"sparsity": 0.348, "mode": "gradual", "start": 0.1, "end": 0.5}, 176698,
+              (269722, 269722, 176698)),
+    "filterprune": ("filterprune", {"ratio": 0.35, "prune_at": 0.5}, 176698, (176318, 176318, 176318)),
+    "lowrank": ("lowrank", {"rank_ratio": 0.7, "mode": "scratch"}, 176698, (176700, 176700, 176700)),
+    "hashed": ("hashed", {"compression": 0.652, "hash_seed": 0}, 176698, (176696, 176696, 176696)),
+    "width": ("width", {"width": 0.805}, 176698, (178435, 178435, 178435)),
+    "softshare": ("softshare", {"templates": 2}, 176698, (177609, 177609, 177609)),
+}
+TABLE_BASELINES = ["prune", "filterprune", "lowrank", "hashed", "width", "softshare"]
+ARG_COLUMNS = sorted({k for _, args, _, _ in TABLE_CONFIGS.values() for k in args})
+TABLE_BUDGET = {**BUDGET, "filterprune": "total", "softshare": "total"}
+
+
+def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, seed_sd: float = 0.5, rng=0,
+              epochs: int = 10, experiment: str = "synthetic", arch: str = "resnet20") -> pd.DataFrame:
+    """FINISHED runs as the analysis reads them, with known effects.
+
+    Accuracy = means[name] + the seed's effect (one draw per seed, shared by every configuration: the
+    seed is a block) + noise, for each configuration `name` of TABLE_CONFIGS in `means`.  `seeds` is
+    one list for every configuration or a dict name -> list; `rng` a seed or a numpy Generator.  Both
+    headline and final accuracy get the value.  Configurations are keyed by name and training length,
+    so tables with different `epochs` concatenate into one with several training lengths.
+    """
+    from analysis.load import METHOD_LABEL, variant_label
+
+    rng = np.random.default_rng(rng)
+    per = seeds if isinstance(seeds, dict) else {name: list(seeds) for name in means}
+    every = sorted({s for v in per.values() for s in v})
+    seed_effect = dict(zip(every, rng.normal(0.0, seed_sd, len(every))))
+    rows = []
+    for name, mean in means.items():
+        method, args, target, (total, stored, nonzero) = TABLE_CONFIGS[name]
+        for seed in per[name]:
+            acc = float(mean + seed_effect[seed] + rng.normal(0.0, noise_sd))
+            row = {"experiment": experiment, "run_name": f"{name}-e{epochs}-s{seed}", "run_id": f"{name}-{epochs}-{seed}",
+                   "status": "FINISHED", "superseded": False, "group": f"{name}@{epochs}",
+                   "protocol": f"{experiment}:{epochs}", "across_lengths": name, "arch": arch, "method": method,
+                   "method_label": METHOD_LABEL[method], "seed": seed, "epochs": epochs, "epochs_completed": epochs,
+                   "target_params": target, "budget_count": TABLE_BUDGET.get(method, "total"),
+                   "method_args": json.dumps(sorted(args)), **args,
+                   "params_total": total, "params_trainable": total, "params_frozen": 0, "params_stored": stored,
+                   "params_nonzero": nonzero, "bytes_on_disk": 4 * total + 2048,
+                   "test_acc_at_best_val": acc, "final_test_acc": acc, "best_val_acc": acc, "best_test_acc": acc,
+                   "train_seconds": 600.0}
+            row["variant"] = variant_label(row, sorted(args))
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    for k in ARG_COLUMNS + ["target_params"]:  # as the loader types them: an int stays an int beside missing values
+        table[k] = pd.Series([r.get(k) for r in rows], dtype=object)
+    return table

@@ -160,14 +160,8 @@ def main_table(summary: pd.DataFrame, finished: pd.DataFrame, ref: pd.DataFrame)
             plains = summary[(summary["arch"] == csg["arch"]) & (summary["method"] == "none")]
             plains = plains[plains["group"].map(protocol) == protocol[csg["group"]]]
             plain = plains.sort_values("n", ascending=False, kind="stable").iloc[0] if len(plains) else None
-            rp = ref[(ref["arch"] == csg["arch"]) & (ref["method"] == "none")]
-            rc = ref[(ref["arch"] == csg["arch"]) & (ref["method"] == "csg")
-                     & (ref["slice"] == python_value(csg.get("slice")))
-                     & (ref["code_dim"] == python_value(csg.get("code_dim")))]
-            authors_like = (str(csg.get("generator") or "learned") == "learned"
-                            and str(csg.get("policy") or "authors") == "authors")
-            rp = rp.iloc[0] if len(rp) else None
-            rc = rc.iloc[0] if len(rc) and authors_like else None
+            rp = reference.authors_row(ref, {"arch": csg["arch"], "method": "none"})
+            rc = reference.authors_row(ref, csg)  # None unless the authors trained this very network
             p = plain if plain is not None else pd.Series(dtype=object)
             reduction = (p.get("params_total") / csg["params_stored"]
                          if plain is not None and csg["params_stored"] else math.nan)
@@ -206,35 +200,72 @@ def main_table(summary: pd.DataFrame, finished: pd.DataFrame, ref: pd.DataFrame)
              "reduction = plain total parameters / CSG stored parameters (a learned generator is stored, so for it "
              "stored = total).",
              "Authors' figures: reference/paper_reference.csv (from the authors' repository; see its source column). "
-             "A dash means the authors published no such number or the configuration differs from theirs."]
+             "A dash means the authors published no such number or the configuration differs from theirs: their CSG "
+             "numbers sit only beside the same slice, code dimension, generator, policy and (contiguous) layout."]
     return Table("main_table", "Plain vs CSG (the paper's main table), ours beside the authors'",
                  pd.DataFrame(disp), pd.DataFrame(data), notes)
+
+
+def leaves_out(row) -> str:
+    """What the count a method is matched on does not include, from the row's own counts."""
+    count = row.get("budget_count") or "total"
+    total = row.get("params_total")
+    if count == "nonzero":
+        index = row.get("bytes_sparse_index")
+        where = (f"{fmt_int(index)} bytes saying where they are (mask or indices)" if not _nan(index) else
+                 "a mask of one bit a weight, or sparse indices")
+        return f"where the nonzero weights are: {where}; stored densely it holds {fmt_int(total)} parameters"
+    if count == "stored":
+        rebuilt = 0 if _nan(total) or _nan(row.get("params_stored")) else total - row.get("params_stored")
+        return f"{fmt_int(rebuilt)} frozen parameters, rebuilt from a seed" if rebuilt > 0 else "nothing: stored = total"
+    return "nothing: every parameter counts"
+
+
+def fmt_interval(low, high) -> str:
+    return DASH if _nan(low) else f"[{fmt_signed(low)}, {fmt_signed(high)}]"
+
+
+def fmt_resolved(r, prefix: str = "") -> str:
+    if _nan(r.get(f"{prefix}diff_ci_low")):
+        return "no interval"
+    return "yes" if r.get(f"{prefix}resolved") else "no"
 
 
 def method_comparison(comp: pd.DataFrame) -> Table:
     disp = []
     for _, r in comp.iterrows():
+        contrast = r["relation"] != "CSG"
         disp.append({
-            "arch": r["arch"], "CSG config": r["csg_variant"], "vs.": r["relation"], "method": r["method_label"],
-            "variant": r["variant"], "count": r["budget_count"], "params (own count)": fmt_int(r["params_counted"]),
+            "arch": r["arch"], "epochs": fmt_int(r["epochs"]), "CSG config": r["csg_variant"], "vs.": r["relation"],
+            "method": r["method_label"], "variant": r["which_variant"] or DASH, "arguments": r["variant"],
+            "matched on": r["budget_count"], "leaves out": leaves_out(r),
+            "params (matched count)": fmt_int(r["params_counted"]), "bytes on disk": fmt_int(r["bytes_on_disk"]),
+            "bytes sparse": fmt_int(r["bytes_sparse"]),
             "n": str(int(r["n"])),
             METRIC_LABEL[HEADLINE] + " [95% CI]": fmt_acc_row(r, HEADLINE),
             METRIC_LABEL["final_test_acc"] + " [95% CI]": fmt_acc_row(r, "final_test_acc"),
             METRIC_LABEL["best_test_acc"]: fmt_float(r["best_test_acc_mean"]),
-            "Δ vs CSG": fmt_signed(r["diff_vs_csg"]),
-            "Δ 95% CI": DASH if _nan(r["diff_ci_low"]) else
-            f"[{fmt_signed(r['diff_ci_low'])}, {fmt_signed(r['diff_ci_high'])}]",
-            "test": r["test"] or DASH,
-            "t": fmt_float(r["t"], 3), "p": fmt_p(r["p"]), "q (BH)": fmt_p(r["q"]),
-            "Δ final": fmt_signed(r["final_diff_vs_csg"]), "p final": fmt_p(r["final_p"]),
+            "Δ vs CSG": fmt_signed(r["diff_vs_csg"]) if contrast else DASH,
+            "Δ simultaneous 95% CI": fmt_interval(r["diff_ci_low"], r["diff_ci_high"]),
+            "m": fmt_int(r["m"]) if contrast and r["m"] else DASH, "df": fmt_int(r["df"]),
+            "p (Bonferroni)": fmt_p(r["p_adj"]), "resolved": fmt_resolved(r) if contrast else DASH,
+            "Δ final": fmt_signed(r["final_diff_vs_csg"]) if contrast else DASH,
+            "Δ final CI": fmt_interval(r["final_diff_ci_low"], r["final_diff_ci_high"]),
         })
     notes = ["For each CSG configuration: the plain network (same architecture and training protocol) and every "
-             "baseline whose parameter target was that CSG configuration's count (matched budget). "
-             "'params (own count)' is each method's budget count (e.g. nonzero for pruning, stored for CSG).",
+             "baseline whose parameter target was that CSG configuration's count (matched budget). 'matched on' is "
+             "the count each method's budget was matched on (nonzero for pruning, stored for CSG and HashedNets, "
+             "total for the rest) and 'leaves out' what that count does not include; 'bytes on disk' is the "
+             "compact state dict, 'bytes sparse' what it costs with every pruned tensor stored as its nonzero values "
+             "and where they are (a dash where the runs predate that count). 'variant' is the procedure a baseline run names (its `variant` or `mode` "
+             "argument); 'arguments' are all its method arguments.",
              "Δ = method − CSG in accuracy points (test accuracy at best validation epoch; 'Δ final' for the final "
-             "epoch). Tests: paired t-test over seeds when both sides ran the same seeds, Welch's t-test otherwise; "
-             "none when a side has fewer than 2 seeds. p-values are two-sided; q is the Benjamini–Hochberg "
-             "adjusted p-value over every test in this table (false discovery rate)."]
+             "epoch), from one OLS model per experiment, architecture and training length, accuracy ~ "
+             "configuration + seed (statsmodels; the seed is a block). Intervals are simultaneous over the m "
+             "contrasts of a family (Bonferroni, each at 1 − 0.05/m): every CSG-vs-plain contrast of a model is one "
+             "family, the baselines at one CSG configuration's budget another. 'df' is the model's residual degrees "
+             "of freedom; 'p (Bonferroni)' the adjusted two-sided p; 'resolved' means the interval excludes zero; "
+             "'no interval' where the model has no residual degrees of freedom or the contrast is not estimable."]
     data = comp if not comp.empty else pd.DataFrame(columns=["arch", "csg_group", "relation", "group"])
     return Table("method_comparison", "CSG vs the plain network and vs baselines at matched budgets",
                  pd.DataFrame(disp), data, notes)
@@ -266,7 +297,8 @@ def paper_vs_us(summary: pd.DataFrame, ref: pd.DataFrame) -> Table:
                      METRIC_LABEL[HEADLINE] + " (ours)": fmt_acc_row(row, HEADLINE),
                      "final test acc. (ours)": fmt_acc_row(row, "final_test_acc")})
     notes = ["Only the authors' networks that this experiment reproduces (same architecture; for CSG the same slice "
-             "and code dimension, a learned generator and the authors' choice of converted layers).",
+             "and code dimension, a learned generator, the authors' choice of converted layers and their contiguous "
+             "kernel layout).",
              "The authors report one run's best test epoch; our numbers are means over seeds with 95% intervals."]
     return Table("paper_vs_us", "The authors' networks: their numbers beside ours",
                  pd.DataFrame(disp), pd.DataFrame(data), notes)

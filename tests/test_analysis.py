@@ -43,69 +43,6 @@ def test_one_seed_has_no_interval():
     assert tables.fmt_acc(91.0, 90.0, 92.0, 3) == "91.00 [90.00, 92.00]"
 
 
-def test_welch_by_hand():
-    a = pd.Series([90.0, 91.0, 93.0], index=[0, 1, 2])
-    b = pd.Series([88.0, 89.0, 90.0, 89.5], index=[0, 1, 2, 3])   # seeds differ: Welch
-    res = stats.compare(a, b)
-    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
-    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
-    assert res["test"] == "Welch t-test"
-    assert res["statistic"] == pytest.approx(t, rel=1e-9)
-    assert res["df"] == pytest.approx(df, rel=1e-9)
-    assert res["diff"] == pytest.approx(a.mean() - b.mean())
-    # a = 90,91,93 vs b = 88,89,90: t = 2.3333 / sqrt(2.3333/3 + 1/3) = 2.3333 / 1.05409 = 2.2136
-    res3 = stats.compare(a, pd.Series([88.0, 89.0, 90.0], index=[5, 6, 7]))
-    assert res3["statistic"] == pytest.approx(2.2136, abs=1e-4)
-
-
-def test_paired_when_seeds_match():
-    a = pd.Series([90.0, 91.0, 93.0], index=[0, 1, 2])
-    b = pd.Series([89.0, 91.5, 91.0], index=[2, 0, 1])  # same seeds, other order: paired by seed
-    res = stats.compare(a, b)
-    d = np.array([90 - 91.5, 91 - 91.0, 93 - 89.0])
-    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
-    assert res["test"] == "paired t-test (by seed)"
-    assert res["statistic"] == pytest.approx(t, rel=1e-9) and res["df"] == 2
-
-
-def test_no_test_below_two_seeds():
-    res = stats.compare(pd.Series([90.0], index=[0]), pd.Series([89.0, 90.0], index=[0, 1]))
-    assert res["test"].startswith("none") and math.isnan(res["pvalue"])
-
-
-def test_difference_intervals_by_hand():
-    a = pd.Series([90.0, 91.0, 93.0], index=[0, 1, 2])
-    paired = stats.compare(a, pd.Series([89.0, 91.5, 91.0], index=[2, 0, 1]))
-    d = np.array([-1.5, 0.0, 4.0])                              # by seed: 90-91.5, 91-91, 93-89
-    half = 4.302653 * d.std(ddof=1) / math.sqrt(3)              # t_{0.975, 2}
-    assert paired["ci_low"] == pytest.approx(d.mean() - half, abs=1e-5)
-    assert paired["ci_high"] == pytest.approx(d.mean() + half, abs=1e-5)
-    welch = stats.compare(a, pd.Series([88.0, 89.0, 90.0], index=[5, 6, 7]))
-    se = math.sqrt(7 / 3 / 3 + 1 / 3)                           # var_a = 7/3, var_b = 1, n = 3 each
-    df = (7 / 9 + 1 / 3) ** 2 / ((7 / 9) ** 2 / 2 + (1 / 3) ** 2 / 2)  # Welch-Satterthwaite: 3.4054
-    tcrit = float(sps.t.ppf(0.975, df))
-    assert welch["ci_high"] - welch["ci_low"] == pytest.approx(2 * tcrit * se, rel=1e-9)
-    assert (welch["ci_low"] + welch["ci_high"]) / 2 == pytest.approx(91.0 + 1 / 3 - 89.0, abs=1e-9)
-
-
-def test_pooled_seed_sd_and_its_interval_by_hand():
-    fin = pd.DataFrame({"group": ["a", "a", "a", "b", "b", "c"], "seed": [0, 1, 2, 0, 1, 0],
-                        stats.HEADLINE: [90.0, 91.0, 93.0, 88.0, 89.0, 70.0]})
-    sd, df = stats.pooled_seed_sd(fin)
-    # group a: SS = 4.6667 (df 2); group b: SS = 0.5 (df 1); c has one seed and adds nothing
-    assert df == 3 and sd == pytest.approx(math.sqrt((14 / 3 + 0.5) / 3), abs=1e-9)
-    lo, hi = stats.approximate_interval(1.0, 1, 2, sd, df)
-    assert hi - 1.0 == pytest.approx(3.182446 * sd * math.sqrt(1 + 1 / 2), abs=1e-5)  # t_{0.975, 3}
-    assert math.isnan(stats.approximate_interval(1.0, 1, 1, math.nan, 0)[0])
-
-
-def test_benjamini_hochberg_by_hand():
-    q = stats.adjust_pvalues(pd.Series([0.01, np.nan, 0.04, 0.03]))
-    # sorted p: 0.01, 0.03, 0.04 (m = 3) -> 0.03, 0.04, 0.04 after the step-up minimum
-    assert list(q.round(10).fillna(-1)) == [0.03, -1, 0.04, 0.04]
-
-
 def test_params_parsed_into_types():
     assert [parse_value(v) for v in ("3", "0.05", "True", "None", "contiguous", "0.5,0.75")] == \
         [3, 0.05, True, None, "contiguous", "0.5,0.75"]
@@ -194,24 +131,33 @@ def test_table_numbers_equal_the_frame(report_dir, runs):
     assert r["csg_params_stored"] == 176698 and r["plain_params_total"] == 269722
 
 
-def test_method_comparison_uses_the_right_test(report_dir, runs):
+def resnet20_fit(runs, reference_group):
+    """statsmodels' own OLS on the resnet20 runs, coded so that each coefficient is a contrast with one group."""
+    import statsmodels.formula.api as smf
+
+    fin = runs.finished
+    r20 = fin[fin["arch"] == "resnet20"].assign(seed=lambda f: f["seed"].astype(int))
+    fit = smf.ols(f"test_acc_at_best_val ~ C(group, Treatment(reference='{reference_group}')) + C(seed)", data=r20).fit()
+    return fit, lambda g: f"C(group, Treatment(reference='{reference_group}'))[T.{g}]"
+
+
+def test_method_comparison_reads_every_contrast_from_one_model(report_dir, runs):
     comp = pd.read_csv(report_dir / "tables" / "method_comparison.csv")
     d72 = comp[(comp["arch"] == "resnet20") & (comp["csg_variant"] == "S16 d72")]
     by = d72.set_index("method")
     assert set(by.index) == {"csg", "none", "prune", "lowrank"}      # budget-matched baselines found
-    assert by.loc["prune", "test"] == "paired t-test (by seed)"      # seeds 0,1,2 on both sides
-    assert by.loc["lowrank", "test"] == "Welch t-test"               # seeds 0,1 vs 0,1,2
-    fin = runs.finished
-    a = fin[fin["group"] == by.loc["prune", "group"]].set_index("seed")["test_acc_at_best_val"]
-    b = fin[fin["group"] == by.loc["csg", "group"]].set_index("seed")["test_acc_at_best_val"]
-    ref = sps.ttest_rel(a.loc[[0, 1, 2]], b.loc[[0, 1, 2]])
-    assert by.loc["prune", "t"] == pytest.approx(ref.statistic, abs=1e-8)
-    assert by.loc["prune", "p"] == pytest.approx(ref.pvalue, abs=1e-8)
+    fit, coef = resnet20_fit(runs, by.loc["csg", "group"])
+    assert fit.df_resid == 8                                        # 17 runs, 7 configurations, 3 seeds
+    for method, m in (("prune", 2), ("lowrank", 2), ("none", 4)):   # 2 baselines; 4 CSG configurations vs plain
+        lo, hi = fit.conf_int(alpha=0.05 / m).loc[coef(by.loc[method, "group"])]
+        assert by.loc[method, "diff_vs_csg"] == pytest.approx(fit.params[coef(by.loc[method, "group"])], abs=1e-8)
+        assert (by.loc[method, "diff_ci_low"], by.loc[method, "diff_ci_high"]) == pytest.approx((lo, hi), abs=1e-8)
+        assert by.loc[method, "m"] == m and by.loc[method, "df"] == 8
     # a random-binary CSG has another stored count: the baselines were not matched to it
     binary = comp[(comp["arch"] == "resnet20") & (comp["csg_variant"] == "S16 d72 binary")]
     assert set(binary["method"]) == {"csg", "none"}
     r56 = comp[(comp["arch"] == "resnet56") & (comp["method"] == "none")].iloc[0]
-    assert r56["test"].startswith("none")                            # CSG there has one seed
+    assert math.isnan(r56["diff_ci_low"]) and "no residual degrees of freedom" in r56["reason"]  # CSG: one seed
 
 
 def test_non_finished_runs_are_excluded_and_listed(report_dir, runs):
@@ -284,27 +230,23 @@ def test_empty_store_exits_2(tmp_path, capsys):
 def test_evidence_section_states_the_intervals_it_computes(report_dir, runs):
     text = (report_dir / "REPORT.md").read_text()
     section = text[text.index("## What the evidence says"):text.index("## How our protocol differs")]
-    fin = runs.finished
-    r20 = fin[fin["arch"] == "resnet20"]
-
-    def acc(method, variant=None):
-        rows = r20[(r20["method"] == method) & ((r20["variant"] == variant) if variant else True)]
-        return rows.set_index("seed")[stats.HEADLINE]
-
-    plain, csg = acc("none"), acc("csg", "S16 d72")
-    d = (plain - csg).loc[[0, 1, 2]].to_numpy()                    # plain and CSG 16/72 share seeds 0,1,2
-    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
-    assert f"[{tables.fmt_signed(d.mean() - half)}, {tables.fmt_signed(d.mean() + half)}] (paired t-test" in section
-    binary = stats.compare(acc("csg", "S16 d72 binary"), csg)      # seeds 0,1 vs 0,1,2: Welch
-    line = next(p for p in section.split("\n\n") if p.startswith("CSG S16 d72 binary"))
-    assert f"[{tables.fmt_signed(binary['ci_low'])}, {tables.fmt_signed(binary['ci_high'])}] (Welch" in line
-    assert ("costs accuracy" in line) == (binary["ci_high"] < 0)
-    # resnet56's CSG ran one seed: its contrast with plain is the only approximate one
-    assert section.count("(pooled seed SD)") == 1
-    sd, df = stats.pooled_seed_sd(fin)
-    assert f"seed-to-seed SD {sd:.2f} points, pooled over {df} degree(s)" in section
     comp = pd.read_csv(report_dir / "tables" / "method_comparison.csv")
-    assert list(comp["q"].dropna()) == pytest.approx(list(stats.adjust_pvalues(comp["p"]).dropna()), rel=1e-8)
+    d72 = comp[(comp["arch"] == "resnet20") & (comp["csg_variant"] == "S16 d72")].set_index("method")
+    fit, coef = resnet20_fit(runs, d72.loc["csg", "group"])
+    lo, hi = fit.conf_int(alpha=0.05 / 4).loc[coef(d72.loc["none", "group"])]
+    assert (f"Plain − CSG = {tables.fmt_signed(fit.params[coef(d72.loc['none', 'group'])])} points, simultaneous 95% "
+            f"CI [{tables.fmt_signed(lo)}, {tables.fmt_signed(hi)}] (Bonferroni over 4; 8 residual df)") in section
+    binary = comp[(comp["csg_variant"] == "S16 d72 binary") & (comp["relation"] == "CSG")].iloc[0]["group"]
+    lo, hi = fit.conf_int(alpha=0.05 / 2).loc[coef(binary)]                # two binary-vs-learned twins
+    line = next(p for p in section.split("\n\n") if p.startswith("At 6 epochs, CSG S16 d72 binary (resnet20;"))
+    assert f"CI [{tables.fmt_signed(lo)}, {tables.fmt_signed(hi)}] (Bonferroni over 2; 8 residual df)" in line
+    assert ("costs accuracy" in line) == (hi < 0)
+    # resnet56's CSG ran one seed and its plain network two: that model has no residual degrees of freedom
+    r56 = next(p for p in section.split("\n\n") if "(resnet56) stores" in p)
+    assert "no interval: the model for resnet56 at 6 epochs has no residual degrees of freedom" in r56
+    assert "The model for resnet20 at 6 epochs: 17 runs of 7 configuration(s) over 3 seed(s); residual SD " \
+           f"{math.sqrt(fit.scale):.2f} points on 8 residual degrees of freedom." in section
+    assert "≈" not in section and "Benjamini" not in section
 
 
 def test_a_grid_without_csg_reports_that_there_is_nothing_to_compare(runs):
