@@ -70,6 +70,9 @@ class RunConfig:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for key in ("nesterov", "no_decay_norm_bias", "channels_last", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.flip not in FLIPS:
             raise ValueError(f"flip must be one of {FLIPS}, got {self.flip!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -12,7 +12,8 @@ where the averaged and the live weights meet.  Two things are copied rather than
 For CSG the average is of the codes and of the generator, so the averaged network's kernels are
 `average(generator) x average(codes)`, not the average of the kernels the live network used.  Both
 are legitimate networks of the same parameter count; the averaged one is what is evaluated.
-A method that reshapes the network (filter pruning, decomposition) starts a new average.
+A method that changes the network's set of tensors starts a new average: a reshape (filter pruning,
+decomposition), or masks appearing in place when unstructured pruning begins.
 """
 from __future__ import annotations
 
@@ -31,9 +32,15 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
+        _detach_derived(model)
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
+        self._names = _tensor_names(model)
         self._pairs = self._match(model)
+
+    def follows(self, model: nn.Module) -> bool:
+        """Whether `model` still has the tensors this average was built for (no new masks or shapes)."""
+        return _tensor_names(model) == self._names
 
     def _match(self, model: nn.Module):
         """(averaged, live) tensor lists: the averaged ones, and the ones copied as they are."""
@@ -65,6 +72,20 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
+
+
+def _tensor_names(model: nn.Module) -> tuple:
+    return tuple((name, tuple(t.shape)) for name, t in list(model.named_parameters()) + list(model.named_buffers()))
+
+
+def _detach_derived(model: nn.Module) -> None:
+    """Replace tensors that modules keep as plain attributes and that autograd derived (a pruned
+    layer's `weight = weight_orig * weight_mask`) by detached ones, which deepcopy can copy.  They
+    are recomputed by the module's forward pre-hook on every pass, so nothing changes for it."""
+    for module in model.modules():
+        for key, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                setattr(module, key, value.detach())
 
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)

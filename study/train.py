@@ -199,6 +199,8 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
             opt, sched = make_optimizer(model, cfg, steps_per_epoch, epoch * steps_per_epoch,
                                         method.no_weight_decay(model))
             forward = torch.compile(model) if cfg.compile else model
+        elif average is not None and not average.follows(model):  # masks appeared in place: pruning began
+            average = WeightAverage(model, cfg.ema_decay)
         if hasattr(loaders.train, "set_epoch"):
             loaders.train.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -218,7 +220,8 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
         train_loss = float(loss_sum) / seen
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1}")
-        judged = average.module if average is not None else forward
+        # evaluation runs eager: a compiled forward would recompile for eval mode and no_grad
+        judged = average.module if average is not None else model
         val = task.evaluate(judged, loaders.val, autocast) if loaders.val is not None else {}
         test = task.evaluate(judged, loaders.test, autocast, tta=task.classifies)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"],

@@ -73,12 +73,14 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 
 # -- 1. the averaged network is what is evaluated, checkpointed and resumed -----------------------
-RESUMED = {  # method, its arguments, the epoch after which the first attempt is killed
-    "plain": ("none", {}, 1),
-    "csg16x16": ("csg", {"slice": 16, "code_dim": 16}, 2),
-    # gradual pruning (start 0.1, end 0.5 of 3 epochs): masks appear at the start of epoch 2, so the
-    # checkpoint the run resumes from holds a pruned network and its average
-    "prune": ("prune", {"sparsity": 0.5}, 2),
+RESUMED = {  # method, its arguments, the epoch after which the first attempt is killed, and the
+    # epochs the final average has seen (an average restarts when the network's tensors change)
+    "plain": ("none", {}, 1, 3),
+    "csg16x16": ("csg", {"slice": 16, "code_dim": 16}, 2, 3),
+    # gradual pruning (start 0.1, end 0.5 of 3 epochs): masks appear at the start of epoch 2, which
+    # starts a new average, so the checkpoint the run resumes from holds a pruned network and an
+    # average of its last epoch
+    "prune": ("prune", {"sparsity": 0.5}, 2, 2),
 }
 
 
@@ -89,7 +91,7 @@ def reference(tmp_path_factory, data_root):
 
     def get(key: str):
         if key not in done:
-            method, args, _ = RESUMED[key]
+            method, args, _, _ = RESUMED[key]
             cfg = _recipe_cfg(method, args)
             folder = tmp_path_factory.mktemp(f"reference-{key}")
             done[key] = (cfg, train(cfg, data_root, folder), folder)
@@ -105,7 +107,8 @@ def test_killed_run_resumes_bitwise_with_its_weight_average(tmp_path, data_root,
 
     # the checkpoint carries the average, and the average is what the run returns
     last = checkpoint.load_latest(ref_dir)
-    assert "average" in last and last["average"]["updates"] == cfg.epochs * 8  # 512 images / 64
+    averaged_epochs = RESUMED[key][3]
+    assert "average" in last and last["average"]["updates"] == averaged_epochs * 8  # 512 images / 64
     _assert_same_state(last["average"]["module"], uninterrupted.model.state_dict())
     live = last["model"]
     assert any(not torch.equal(live[k], v) for k, v in last["average"]["module"].items()
