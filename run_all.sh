@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up .venv, train the grid of $PROFILE (smoke | quick | paper; default quick),
-# log every run to MLflow, and regenerate results/ from the store.  Re-running resumes.
+# log every run to MLflow, and regenerate results/$PROFILE/ from the store (tables, figures, REPORT.md
+# and the runs themselves in runs/, which `python -m analysis load-study` opens elsewhere).
+# Re-running resumes.
 set -uo pipefail
 cd "$(dirname "$0")"
 PROFILE="${PROFILE:-quick}"
@@ -10,12 +12,13 @@ if [ ! -f "configs/$PROFILE.yaml" ]; then
 fi
 source .ci/venv.sh || exit 1
 
-# Data: $STUDY_DATA_ROOT, else a shared offline copy beside the project, else ./data (downloaded).
+# Data: $STUDY_DATA_ROOT, else a shared offline copy beside the project, else ./data, fetched and
+# md5-checked by `python -m study fetch` (which downloads nothing when the files are there and verify).
 if [ -z "${STUDY_DATA_ROOT:-}" ]; then
   if [ -d ../shared/data/cifar-10-batches-bin ]; then STUDY_DATA_ROOT="$(cd ../shared/data && pwd)"
   else
     STUDY_DATA_ROOT="$PWD/data"
-    [ -d data/cifar-10-batches-py ] || python -c "from torchvision.datasets import CIFAR10; CIFAR10('data', download=True)"
+    python -m study fetch cifar10 --data-root "$STUDY_DATA_ROOT" || exit 2
   fi
 fi
 export STUDY_DATA_ROOT
@@ -24,14 +27,15 @@ export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
 # Two one-thread workers finish two equal runs in 0.86x the time of one two-thread worker on the 2-core
 # CPU of results/BENCHMARKS.md (`python -m study bench`: jobs2_over_sequential), hence two by default.
 JOBS="${JOBS:-$([ "$(nproc)" -ge 2 ] && echo 2 || echo 1)}"
-python -m study run "configs/$PROFILE.yaml" --jobs "$JOBS"
+python -m study run "configs/$PROFILE.yaml" --jobs "$JOBS"   # live progress on stderr
 grid_status=$?
 [ $grid_status = 2 ] && exit 2   # bad input: nothing ran
-python -m analysis report --experiment "$PROFILE" --out results || exit $?
+python -m analysis report --experiment "$PROFILE" --out "results/$PROFILE" || exit $?
 
 cat <<MSG
 
-Results:   $PWD/results/REPORT.md  (figures in results/figures, tables in results/tables)
-MLflow UI: python -m analysis ui    (then open http://127.0.0.1:5000)
+Results:   $PWD/results/$PROFILE/REPORT.md  (figures/, tables/, and the runs in runs/)
+MLflow UI: python -m analysis ui    (it prints the URL of the study's run table)
+Elsewhere: python -m analysis load-study results/$PROFILE && python -m analysis ui
 MSG
 exit $grid_status

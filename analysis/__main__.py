@@ -1,4 +1,5 @@
-"""Command line: `python -m analysis report ...` and `python -m analysis ui ...`.
+"""Command line: `python -m analysis report ...`, `python -m analysis load-study ...` and
+`python -m analysis ui ...`.
 
 A bad argument (unknown experiment, empty or missing store, bad --x) prints one line on stderr and
 exits with status 2, without a traceback.
@@ -34,10 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--from-manifest", default=None, metavar="CSV",
                    help="read the runs from a manifest.csv an earlier report wrote, not from the store (no per-epoch "
                         "figures; the manifest itself is left as it is)")
-    r.add_argument("--out", default=str(REPO / "results"), help="output folder (default: <repo>/results)")
+    r.add_argument("--out", default=None,
+                   help="output folder (default: <repo>/results/<experiment> with --experiment, else <repo>/results)")
     r.add_argument("--x", default="budget", choices=["budget", "total", "stored", "nonzero"],
                    help="parameter count on the x axis of the accuracy-vs-parameters figure (default: each "
                         "method's own budget count: stored for CSG, nonzero for pruning, ...)")
+    s = sub.add_parser("load-study", help="load a committed study (results/<profile>/runs/) into a fresh "
+                                         "embedded store, for `ui` and `report`")
+    s.add_argument("folder", help="a study folder written by `report` (results/<profile>) or its runs/ folder")
+    s.add_argument("--tracking-uri", default=None,
+                   help="embedded store to create (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
     u = sub.add_parser("ui", help="run `mlflow ui` on the store, bound to 127.0.0.1")
     u.add_argument("--tracking-uri", default=None, help="MLflow store (default as for `report`)")
     u.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -50,11 +57,17 @@ def cmd_report(args) -> int:
         return cmd_report_from_manifest(args)
     from analysis import load, report
 
-    runs = load.load(args.tracking_uri or default_tracking_uri(), args.experiment)
-    written = report.write(runs, Path(args.out), x=args.x)
+    from analysis import portable
+
+    uri = args.tracking_uri or default_tracking_uri()
+    runs = load.load(uri, args.experiment)
+    out = Path(args.out) if args.out else REPO / "results" / (args.experiment or "")
+    written = report.write(runs, out, x=args.x)
+    # the runs themselves, portable: `load-study` puts them into a fresh store that regenerates this report
+    written["runs"] = portable.export(uri, runs.experiments, out / "runs")
     n = sum(len(v) for v in written.values())
-    print(f"wrote {n} files under {args.out} ({len(runs.finished)} FINISHED runs of {len(runs.runs)}); "
-          f"see {Path(args.out) / 'REPORT.md'}")
+    print(f"wrote {n} files under {out} ({len(runs.finished)} FINISHED runs of {len(runs.runs)}; the runs "
+          f"themselves in {out / 'runs'}); see {out / 'REPORT.md'}")
     return 0
 
 
@@ -75,6 +88,22 @@ def cmd_report_from_manifest(args) -> int:
     n = sum(len(v) for v in written.values())
     print(f"wrote {n} files under {out} from {args.from_manifest} ({len(runs.finished)} FINISHED runs of "
           f"{len(runs.runs)}); see {out / 'REPORT.md'}")
+    return 0
+
+
+def cmd_load_study(args) -> int:
+    from analysis import portable
+
+    uri = args.tracking_uri or default_tracking_uri()
+    done = portable.load_study(Path(args.folder), uri)
+    exps = ", ".join(f"{name} (id {i})" for name, i in sorted(done["experiments"].items()))
+    if done["already"] and not done["runs"]:
+        print(f"{uri} already holds {exps}: nothing to load")
+    else:
+        print(f"loaded {done['runs']} runs into {uri}: {exps}")
+    print(f"MLflow UI: {PROG} ui{'' if args.tracking_uri is None else ' --tracking-uri ' + uri}   "
+          f"report: {PROG} report{'' if args.tracking_uri is None else ' --tracking-uri ' + uri} "
+          f"--experiment NAME")
     return 0
 
 
@@ -100,6 +129,8 @@ def cmd_ui(args) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     _check_store_exists(uri)
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    for name, url in experiment_urls(uri, args.port):
+        print(f"  {name}: {url}", flush=True)
     # its own process group, so that stopping us stops every process the server spawned
     proc = subprocess.Popen(ui_command(uri, args.port, args.workers), env=ui_env(), start_new_session=True)
 
@@ -123,6 +154,20 @@ def cmd_ui(args) -> int:
     return 128 + stopping[0][1] if stopping else rc
 
 
+def experiment_urls(uri: str, port: int) -> list[tuple[str, str]]:
+    """For each experiment of the store, the URL of its run table in MLflow's training view with the
+    study's columns (MLflow 3.17 takes both from the URL; see `study.mlflow_ui`)."""
+    from analysis.load import _client
+    from study.mlflow_ui import ui_path
+
+    try:
+        exps = _client(uri).search_experiments()
+    except Exception:  # noqa: BLE001  (the server will say what is wrong)
+        return []
+    return [(e.name, f"http://127.0.0.1:{port}/#{ui_path(e.experiment_id)}")
+            for e in sorted(exps, key=lambda e: e.name) if e.name != "Default"]
+
+
 def _signal_group(pgid: int, sig) -> None:
     try:
         os.killpg(pgid, sig)
@@ -133,7 +178,7 @@ def _signal_group(pgid: int, sig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"report": cmd_report, "ui": cmd_ui}[args.command](args)
+        return {"report": cmd_report, "load-study": cmd_load_study, "ui": cmd_ui}[args.command](args)
     except AnalysisError as e:
         sys.stderr.write(f"{PROG} {args.command}: error: {e}\n")
         return 2

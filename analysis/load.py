@@ -87,6 +87,15 @@ def _check_store_exists(uri: str) -> None:
             raise AnalysisError(f"no MLflow store at {uri} (directory {path} does not exist)")
 
 
+def logged_to(exps, names: set[str], uri: str) -> str:
+    """The store the runs were logged to: `uri`, unless they were loaded there from a portable export
+    (`python -m analysis load-study`), whose experiments name the store they came from."""
+    from analysis.portable import SOURCE_TAG
+
+    sources = {e.tags.get(SOURCE_TAG) for e in exps if e.name in names}
+    return sources.pop() if len(sources) == 1 and None not in sources else uri
+
+
 # -- parsing params back into types ---------------------------------------------------------------
 _INT = re.compile(r"^[+-]?\d+$")
 _NULL = {"", "None", "none", "null", "NULL", "nan", "NaN"}
@@ -301,7 +310,8 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
     if len(epochs):
         done = epochs[epochs["metric"].isin(["val_acc", "test_acc", "train_loss"])].groupby("run_id")["epoch"].max()
         runs["epochs_completed"] = runs["run_id"].map(done)
-    return Runs(tracking_uri=uri, experiments=sorted(set(runs["experiment"])), runs=runs, epochs=epochs,
+    names = set(runs["experiment"])
+    return Runs(tracking_uri=logged_to(exps, names, uri), experiments=sorted(names), runs=runs, epochs=epochs,
                 param_columns=param_cols, method_arg_columns=method_arg_cols,
                 duplicates=runs[runs["superseded"]])
 

@@ -1,4 +1,4 @@
-"""`python -m study ...`: params, evaluate-authors, run, status, bench.
+"""`python -m study ...`: params, evaluate-authors, run, status, bench, fetch.
 
 Every bad argument is caught before work starts and reported as one line on stderr, exit status 2.
 """
@@ -90,6 +90,13 @@ def build_parser() -> Parser:
         r.add_argument("--data-root")
         r.add_argument("--tracking-uri")
         r.add_argument("--output", default=str(PROJECT / "outputs"), help="checkpoints go here")
+        r.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto",
+                       help="live progress on stderr: auto = a rich table on a terminal, else one line per "
+                            "finished epoch" + ("" if name == "run" else " (with --watch)"))
+        if name == "status":
+            r.add_argument("--watch", action="store_true",
+                           help="follow the grid (running here or elsewhere) until every run has ended")
+            r.add_argument("--interval", type=float, default=5.0, help="seconds between looks at the store")
         if name == "run":
             r.add_argument("--jobs", type=_positive_int, default=1)
             r.add_argument("--threads", type=_positive_int, help="torch threads per worker (default cores/jobs)")
@@ -99,6 +106,18 @@ def build_parser() -> Parser:
                            help="submitit parameters (e.g. slurm_partition=gpu, timeout_min=600, cluster=local)")
             r.add_argument("--retry-failed", action="store_true")
             r.add_argument("--dry-run", action="store_true", help="list the runs and their counts, train nothing")
+
+    f = sub.add_parser("fetch", help="download and verify CIFAR-10 and the authors' checkpoints (what is missing)")
+    f.add_argument("what", nargs="?", choices=("all", "cifar10", "authors"), default="all")
+    f.add_argument("--data-root", help="CIFAR-10 goes here (default: $STUDY_DATA_ROOT, else <project>/data)")
+    f.add_argument("--authors-dir", help="checkpoints go here (default: $STUDY_AUTHORS_DIR, else "
+                                         "<project>/pretrained/authors)")
+    f.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="one checkpoint (e.g. RN56_ORG); repeatable; default all thirteen")
+    f.add_argument("--cifar-url", help="a mirror of the CIFAR-10 archive (checked file by file against the "
+                                       "official md5s)")
+    f.add_argument("--authors-url", help="a mirror of the authors' repository at the pinned commit")
+    f.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up")
 
     b = sub.add_parser("bench", help="training/inference throughput, plain against CSG, and the data path")
     from study import bench
@@ -228,10 +247,18 @@ def cmd_run(a) -> int:
     data_root = _check_data(g, a.data_root)
     if a.backend == "dask" and not a.scheduler:
         raise UsageError("--backend dask needs --scheduler tcp://HOST:PORT")
-    Tracker(uri).experiment(g.name)  # create store and experiment once, before workers race to
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment(g.name)  # create store and experiment once, before workers race to
+    from study import mlflow_ui
+
+    mlflow_ui.describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
     jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads)
+    from study.progress import Monitor
+
     try:
-        outcomes = runner.execute(jobs, a.jobs, a.backend, a.scheduler, dict(a.slurm))
+        # the display reads the store, so it shows runs in worker processes, on Dask or on SLURM alike
+        with Monitor(g, uri, a.jobs if a.backend == "local" else None, a.progress):
+            outcomes = runner.execute(jobs, a.jobs, a.backend, a.scheduler, dict(a.slurm))
     except KeyboardInterrupt:
         runner.mark_killed(g, uri)
         print("interrupted: unfinished runs are marked KILLED and resume on the next run", file=sys.stderr)
@@ -244,8 +271,42 @@ def cmd_status(a) -> int:
     from study import runner
 
     g, uri, out = _load_grid(a)
+    if a.watch:
+        from study import progress
+
+        if a.interval <= 0:
+            raise UsageError(f"--interval must be positive, got {a.interval}")
+        try:
+            snap = progress.watch(g, uri, "plain" if a.progress == "none" else a.progress, a.interval)
+        except KeyboardInterrupt:
+            return 130
+        print(f"grid {g.name}: {snap.headline()}")
+        return 1 if snap.count(progress.FAILED) else 0
     for r in runner.status(g, uri, out):
         print(f"{r['name']:<44} {r['state']}")
+    return 0
+
+
+def cmd_fetch(a) -> int:
+    from study import fetch
+
+    data_root = Path(a.data_root) if a.data_root else fetch.default_data_root()
+    authors_dir = Path(a.authors_dir) if a.authors_dir else fetch.default_authors_dir()
+    try:
+        lines = fetch.run(a.what, data_root, authors_dir, a.cifar_url, a.authors_url or fetch.AUTHORS_URL,
+                          a.only, a.timeout)
+    except fetch.FetchError as e:
+        raise UsageError(f"fetch: {e}") from None
+    except KeyboardInterrupt:
+        return 130
+    for line in lines:
+        print(line)
+    hints = []
+    if a.what in ("all", "cifar10"):
+        hints.append(f"STUDY_DATA_ROOT={data_root}")
+    if a.what in ("all", "authors"):
+        hints.append(f"STUDY_AUTHORS_DIR={authors_dir}")
+    print("use them with: export " + " ".join(hints))
     return 0
 
 
@@ -265,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             out = bench.run(a)
         elif a.command == "run":
             return cmd_run(a)
+        elif a.command == "fetch":
+            return cmd_fetch(a)
         else:
             return cmd_status(a)
     except UsageError as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from study import accounting, checkpoint
+from study import accounting, checkpoint, mlflow_ui
 from study.config import RunConfig
 from study.grid import Grid
 from study.methods import get_method
@@ -58,6 +58,7 @@ def run_one(job: Job) -> Outcome:
     torch.set_num_threads(job.threads)
     cfg, tracker = job.cfg, Tracker(job.tracking_uri)
     exp = tracker.experiment(job.grid)
+    mlflow_ui.describe_experiment(tracker.client, exp)  # training view, run-table columns
     h = cfg.hash()
     existing = tracker.find(exp, h)
     if existing is not None and existing.info.status == DONE:
@@ -74,6 +75,7 @@ def run_one(job: Job) -> Outcome:
         method = get_method(cfg.method)
         tracker.log(run_id, params={**cfg.flat_params(), **job.resolved_args, "budget_count": method.count,
                                     "knob": method.knob or ""})
+        mlflow_ui.describe_run(tracker.client, run_id, cfg, job.data_root)  # datasets (md5, sizes), colour
     else:
         run_id = existing.info.run_id
         tracker.set_status(run_id, "RUNNING")
@@ -99,6 +101,7 @@ def run_one(job: Job) -> Outcome:
             (Path(tmp) / "config.json").write_text(json.dumps(
                 {**cfg.to_dict(), "resolved_args": job.resolved_args}, indent=2, default=str))
             tracker.log_artifacts(run_id, Path(tmp), "model")
+        mlflow_ui.log_models(job.tracking_uri, run_id, result.model, cfg, step=cfg.epochs)  # mlflow.pytorch
         tracker.set_status(run_id, DONE)
         for old in checkpoint.candidates(ckpt_dir):  # everything now lives in MLflow
             old.unlink(missing_ok=True)

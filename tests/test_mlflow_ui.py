@@ -1,11 +1,19 @@
-"""`python -m analysis ui` serves the runs: start it on a synthetic store, open it in a real browser.
+"""`python -m analysis ui` serves a store written by the harness: a real browser sees what a researcher uses.
 
-Needs Debian's chromium (`apt-get install -y chromium`) and the `playwright` package; Playwright's own
-browser download is not used.  Under CI=true a missing browser fails the test; elsewhere it skips.
-Screenshots are copied to tests/artifacts/ for a person to look at.
+A tiny real grid (plain ResNet-20 and CSG 16/72, 3 epochs on a few hundred real CIFAR-10 images) is
+trained with `python -m study run` into a fresh SQLite store.  Then, without a browser: the experiment is
+marked as model training and carries the run-table view, each run has its three dataset inputs with md5
+digests and split sizes, and its final network (and, for CSG, the materialised one) loads with
+`mlflow.pytorch.load_model`.  With Debian's chromium through Playwright (`executable_path`, no browser
+download): the run table with the headline accuracy, method, code dimension and parameter counts as
+columns, the chart (compare) view of the two runs with their validation curves, and one run's page with
+its logged models and datasets.  Under CI=true a missing browser fails the test; elsewhere it skips.
+Screenshots go to tests/artifacts/, and also to $STUDY_UI_SHOTS when set (`results/ui/` holds the
+committed ones).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,14 +25,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")  # Debian's package
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-RUNS = ["resnet20-none-s0", "resnet20-csg-16x72-s0", "resnet20-csg-16x72-s1"]
+RUNS = ["resnet20-plain-s0", "resnet20-csg16x72-s0"]
 METRIC = "test_acc_at_best_val"
+TINY_GRID = {
+    "name": "ui-test", "description": "Two tiny real runs for the browser test.",
+    "defaults": {"arch": "resnet20", "epochs": 3, "batch_size": 64, "lr": 0.1, "schedule": "onecycle",
+                 "warmup_epochs": 1, "train_subset": 384, "val_size": 128, "test_subset": 128},
+    "grid": [{"method": "none"}, {"method": "csg", "method_args": {"slice": 16, "code_dim": 72}}],
+}
 
 
 def _in_ci() -> bool:
@@ -68,23 +83,62 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _make_store(root: Path) -> tuple[str, str, dict[str, str]]:
-    from mlflow.entities import Metric, Param
+@pytest.fixture(scope="module")
+def harness_store(tmp_path_factory, data_root):
+    """A store written by `python -m study run` from the tiny grid: (uri, experiment id, run ids by name)."""
     from mlflow.tracking import MlflowClient
 
+    root = tmp_path_factory.mktemp("ui-store")
+    grid = root / "ui-test.yaml"
+    grid.write_text(yaml.safe_dump(TINY_GRID))
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-m", "study", "run", str(grid), "--tracking-uri", uri, "--output",
+                           str(root / "out"), "--threads", "1", "--data-root", str(data_root), "--progress", "plain"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.count("epoch ") >= 2 * 3, done.stderr  # off a terminal: one line per finished epoch
     client = MlflowClient(uri)
-    exp = client.create_experiment("ui-test", artifact_location=(root / "mlartifacts").as_uri())
-    ids = {}
-    for i, name in enumerate(RUNS):
-        run = client.create_run(exp, run_name=name, tags={"arch": "resnet20", "method": name.split("-")[1]})
-        metrics = [Metric("val_acc", 80.0 + i + e, 1000 * e, e) for e in (1, 2, 3)]
-        metrics += [Metric(METRIC, 90.0 + i / 10, 5000, 0)]
-        client.log_batch(run.info.run_id, metrics=metrics,
-                         params=[Param("arch", "resnet20"), Param("seed", name[-1])])
-        client.set_terminated(run.info.run_id, "FINISHED")
-        ids[name] = run.info.run_id
-    return uri, exp, ids
+    exp = client.get_experiment_by_name("ui-test")
+    ids = {r.info.run_name: r.info.run_id for r in client.search_runs([exp.experiment_id])}
+    assert sorted(ids) == sorted(RUNS)
+    return uri, exp.experiment_id, ids
+
+
+def test_the_harness_marks_the_experiment_and_logs_datasets_and_models(harness_store):
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from study.mlflow_ui import EXPERIMENT_KIND_TAG, MODEL_TRAINING, VIEW_TAG
+
+    uri, exp_id, ids = harness_store
+    client = MlflowClient(uri)
+    exp = client.get_experiment(exp_id)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING  # MLflow 3's "model training" experiment type
+    view = json.loads(exp.tags[VIEW_TAG])
+    assert view["selectedColumns"][:3] == [f"metrics.`{METRIC}`", "params.`method`", "params.`code_dim`"]
+    assert exp.tags["mlflow.note.content"].startswith("Two tiny real runs")
+    for name, run_id in ids.items():
+        run = client.get_run(run_id)
+        inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["test", "training", "validation"]
+        sizes = {k: json.loads(d.profile)["num_examples"] for k, d in inputs.items()}
+        assert sizes == {"training": 384, "validation": 128, "test": 128}
+        assert all(len(d.digest) == 32 and d.name == "cifar10" for d in inputs.values())  # md5 hex
+        models = {client.get_logged_model(o.model_id).name: o.model_id for o in run.outputs.model_outputs}
+        assert sorted(models) == (["materialized", "model"] if "csg" in name else ["model"])
+        mlflow.set_tracking_uri(uri)
+        nets = {k: mlflow.pytorch.load_model(f"models:/{v}").eval() for k, v in models.items()}
+        x = torch.randn(4, 3, 32, 32)
+        with torch.no_grad():
+            out = nets["model"](x)
+            assert out.shape == (4, 10)
+            if "materialized" in nets:  # ordinary convolutions, the same function
+                assert torch.allclose(nets["materialized"](x), out, atol=1e-4)
+                assert not any("csg" in k for k in nets["materialized"].state_dict())
+        artifacts = Path(client.get_logged_model(models["model"]).artifact_location.removeprefix("file://"))
+        assert sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file()) < 3_000_000  # small
 
 
 def test_ui_command_binds_to_loopback():
@@ -93,14 +147,16 @@ def test_ui_command_binds_to_loopback():
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
 
 
-def test_mlflow_ui_shows_runs_in_a_browser(tmp_path):
+def test_mlflow_ui_shows_the_study_in_a_browser(tmp_path, harness_store):
     _need(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _need(False, "the playwright package is not installed")
 
-    uri, exp_id, run_ids = _make_store(tmp_path)
+    from study.mlflow_ui import ui_path
+
+    uri, exp_id, run_ids = harness_store
     port = _free_port()
     log = open(tmp_path / "ui.log", "w")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -127,32 +183,63 @@ def test_mlflow_ui_shows_runs_in_a_browser(tmp_path):
         listening = _listening_addresses(port)
         assert listening and all(a == "0100007F" for a in listening), f"not bound to 127.0.0.1 only: {listening}"
 
+        assert ui_path(exp_id) in (tmp_path / "ui.log").read_text()  # `analysis ui` prints the study's URL
         shots = []
         with sync_playwright() as p:
             browser = p.chromium.launch_persistent_context(
                 str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1600, "height": 1000})
+                viewport={"width": 1600, "height": 900})
             page = None
-            try:
-                # the runs table of the experiment (a fresh page per URL: hash routes do not reload)
-                page = browser.new_page()
-                page.goto(f"{base}/#/experiments/{exp_id}/runs", wait_until="domcontentloaded", timeout=60_000)
-                for name in RUNS:
-                    page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
-                body = page.inner_text("body")
-                assert all(name in body for name in RUNS)
-                shots.append(tmp_path / "mlflow_ui_experiment.png")
-                page.screenshot(path=str(shots[-1]))
 
-                # one run's page lists its metrics by name
-                page = browser.new_page()
-                page.goto(f"{base}/#/experiments/{exp_id}/runs/{run_ids[RUNS[1]]}", wait_until="domcontentloaded",
-                          timeout=60_000)
-                page.get_by_text(METRIC, exact=True).first.wait_for(timeout=60_000)
+            def open_page(route: str, ready: str, height: int = 900):
+                # a fresh page per URL (hash routes do not reload); MLflow's assistant panel closed
+                p = browser.new_page()
+                p.set_viewport_size({"width": 1600, "height": height})
+                p.goto(f"{base}/#{route}", wait_until="domcontentloaded", timeout=60_000)
+                p.get_by_text(ready, exact=True).first.wait_for(timeout=60_000)
+                try:
+                    p.get_by_text("MLflow Assistant").first.wait_for(timeout=10_000)
+                    p.get_by_role("button", name="Close").last.click()
+                except Exception:  # noqa: BLE001  (no assistant in this MLflow build)
+                    pass
+                return p
+
+            def shot(p, name: str) -> None:
+                p.wait_for_timeout(1500)  # let charts and lazy cells draw
+                shots.append(tmp_path / name)
+                p.screenshot(path=str(shots[-1]))
+
+            try:
+                # 1. the run table, in the training view, with the study's columns and no set-up
+                page = open_page(ui_path(exp_id), RUNS[0])
+                page.get_by_role("columnheader", name=METRIC).first.wait_for(timeout=60_000)
+                heads = {h.strip() for h in page.get_by_role("columnheader").all_inner_texts()}
+                assert {METRIC, "method", "code_dim", "params_stored", "params_total"} <= heads, heads
+                assert {"Dataset", "Models"} <= heads, heads
                 body = page.inner_text("body")
-                assert METRIC in body and "val_acc" in body and RUNS[1] in body
-                shots.append(tmp_path / "mlflow_ui_run.png")
-                page.screenshot(path=str(shots[-1]), full_page=True)
+                assert all(name in body for name in RUNS) and "Model training" in body
+                assert "cifar10" in body and "materialized" in body  # the Dataset and Models cells
+                shot(page, "runs_table.png")
+
+                # 2. the compare (chart) view of the two runs: their validation-accuracy curves
+                page = open_page(ui_path(exp_id) + "&compareRunsMode=CHART", RUNS[0])
+                search = page.get_by_placeholder("Search metric charts")
+                search.fill("val_acc")
+                page.get_by_text("val_acc", exact=True).first.wait_for(timeout=60_000)
+                page.wait_for_timeout(2000)
+                assert page.locator("canvas, svg .plot-container, .js-plotly-plot").count() > 0
+                legend = page.inner_text("body")
+                assert all(name in legend for name in RUNS)
+                shot(page, "compare_val_curves.png")
+
+                # 3. one run's page: its logged models (final and materialised) and its datasets
+                page = open_page(f"/experiments/{exp_id}/runs/{run_ids[RUNS[1]]}?workflowType=machine_learning",
+                                 RUNS[1], height=1900)
+                page.get_by_text("Logged models", exact=False).first.wait_for(timeout=60_000)
+                body = page.inner_text("body")
+                assert "Datasets" in body and "cifar10" in body and "Training" in body
+                assert "materialized" in body and METRIC in body
+                shot(page, "run_page.png")
             except Exception:
                 if page is not None:  # keep what the browser saw, for debugging
                     ARTIFACTS.mkdir(exist_ok=True)
@@ -164,9 +251,13 @@ def test_mlflow_ui_shows_runs_in_a_browser(tmp_path):
         ignore = ARTIFACTS / ".gitignore"
         if not ignore.exists():
             ignore.write_text("*\n")  # screenshots are for looking at, not for committing
-        for shot in shots:
-            assert shot.stat().st_size > 10_000
-            shutil.copy(shot, ARTIFACTS / shot.name)
+        keep = os.environ.get("STUDY_UI_SHOTS")  # e.g. results/ui: the committed screenshots
+        for s in shots:
+            assert s.stat().st_size > 10_000
+            shutil.copy(s, ARTIFACTS / s.name)
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(s, Path(keep) / s.name)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # `analysis ui` stops the server's process group itself

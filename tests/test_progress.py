@@ -1,0 +1,110 @@
+"""Live progress read from a real SQLite store: states, epochs, ETA, the plain and rich displays, --watch."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+import yaml
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def grid_and_store(tmp_path_factory):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from study import grid as grid_mod
+
+    root = tmp_path_factory.mktemp("progress")
+    path = root / "prog.yaml"
+    path.write_text(yaml.safe_dump({"name": "prog", "defaults": {"arch": "resnet20", "epochs": 4},
+                                    "grid": [{"method": "none", "seed": [0, 1, 2]}]}))
+    g = grid_mod.load(path)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("prog")
+    now = int(time.time() * 1000)
+    for cfg, (status, epochs) in zip(g.runs, [("FINISHED", 4), ("RUNNING", 2)]):
+        run = client.create_run(exp, run_name=cfg.name, tags={"config_hash": cfg.hash()})
+        ms = [Metric(k, v, now - 1000 * (4 - e), e) for e in range(1, epochs + 1)
+              for k, v in (("val_acc", 50.0 + e), ("epoch_seconds", 10.0))]
+        client.log_batch(run.info.run_id, metrics=ms)
+        if status == "FINISHED":
+            client.log_batch(run.info.run_id, metrics=[Metric("test_acc_at_best_val", 54.5, now, 4)])
+            client.set_terminated(run.info.run_id, "FINISHED")
+    return g, uri, path
+
+
+def test_the_watcher_reads_states_epochs_and_an_eta(grid_and_store):
+    from study.progress import DONE, PENDING, RUNNING, Watcher
+
+    g, uri, _ = grid_and_store
+    snap = Watcher(g, uri, workers=2).poll()
+    assert [r.state for r in snap.runs] == [DONE, RUNNING, PENDING]
+    assert snap.runs[1].epoch == 2 and snap.runs[1].last_val == 52.0 and snap.runs[1].seconds_per_epoch == 10.0
+    assert snap.epochs_done == 6 and snap.epochs_total == 12
+    # two workers: the running run has 2 epochs left (less the time in its current one), the pending
+    # run 4 epochs at the measured 10 s on the other worker
+    assert 39 <= snap.eta_seconds <= 40
+    assert "1 done, 1 running, 0 failed, 1 pending of 3" in snap.headline()
+
+
+def test_the_eta_schedules_pending_runs_on_the_workers():
+    from study.progress import PENDING, RUNNING, RunProgress, estimate
+
+    def run(state, epoch, spe):
+        r = RunProgress("r", str(id(object())), "resnet20", "none", 10, state)
+        r.done_epochs = list(range(1, epoch + 1))
+        r.epoch_seconds = {e: spe for e in r.done_epochs}
+        r.last_epoch_at = 1000.0
+        return r
+    rows = [run(RUNNING, 5, 10.0)] + [run(PENDING, 0, 0) for _ in range(3)]
+    assert estimate(rows, 1, 1000.0) == 50 + 3 * 100          # one worker: one after the other
+    assert estimate(rows, 2, 1000.0) == 200                    # two: 100 + 100 on one, 50 + 100 on the other
+    assert estimate([run(PENDING, 0, 0)], 1, 0.0) is None      # nothing measured yet
+
+
+def test_plain_lines_one_per_finished_epoch_and_a_rich_table(grid_and_store):
+    from study.progress import PlainDisplay, RichDisplay, Watcher
+
+    g, uri, _ = grid_and_store
+    w = Watcher(g, uri, workers=2)
+    out = io.StringIO()
+    plain = PlainDisplay(out)
+    plain.update(w.poll())
+    assert out.getvalue().count("\n") == 1 and "already logged: 6 epoch(s) in 2 run(s)" in out.getvalue()
+    snap = w.poll()
+    snap.runs[1].done_epochs.append(3)
+    snap.runs[1].val_acc[3] = 53.25
+    plain.update(snap)
+    assert "resnet20-plain-s1 epoch 3/4 val_acc 53.25" in out.getvalue().splitlines()[-1]
+    plain.update(snap)
+    assert out.getvalue().count("\n") == 2  # nothing new, nothing printed
+    from rich.console import Console
+
+    rich = RichDisplay(io.StringIO())
+    c = Console(file=io.StringIO(), width=120)
+    c.print(rich.render(snap))
+    rendered = c.file.getvalue()
+    rich.close(None)
+    assert "1 done" in rendered and "ETA" in rendered and "resnet20-plain-s1" in rendered and "53.25" in rendered
+
+
+def test_status_watch_follows_the_grid_until_every_run_has_ended(grid_and_store):
+    from mlflow.tracking import MlflowClient
+
+    g, uri, path = grid_and_store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("prog").experiment_id
+    running = [r for r in client.search_runs([exp]) if r.info.status == "RUNNING"][0]
+    client.set_terminated(running.info.run_id, "FAILED")
+    last = g.runs[2]
+    r = client.create_run(exp, run_name=last.name, tags={"config_hash": last.hash()})
+    client.set_terminated(r.info.run_id, "FINISHED")
+    done = run_cli("status", path, "--tracking-uri", uri, "--watch", "--interval", "0.2", "--progress", "plain",
+                   timeout=300)
+    assert done.returncode == 1, done.stderr  # a run failed
+    assert "2 done, 0 running, 1 failed, 0 pending of 3" in done.stdout
+    assert done.stderr.count("\n") == 1 and "1 failed" in done.stderr  # off a terminal: plain lines
