@@ -4,7 +4,8 @@ Each checkpoint is written to a temporary file in the same folder, flushed to di
 place, so a kill at any moment leaves either the old file or the new one, never half of one.  Its
 name carries the epoch and a SHA-256 prefix of its bytes (`epoch0007-3fa2c1d9e0b4.pt`): a truncated or
 corrupted file fails the check and the run falls back to the previous good checkpoint (the last
-`keep` are kept), or starts over, with a warning.  Loading always uses `weights_only=True`.
+`keep` are kept), or starts over, with a warning.  A write that fails (a full disk) removes its
+temporary file and leaves the previous checkpoints as they were.  Loading always uses `weights_only=True`.
 """
 from __future__ import annotations
 
@@ -28,11 +29,15 @@ def save(folder: Path, epoch: int, state: dict, keep: int = 2) -> Path:
     data = buffer.getvalue()
     path = folder / f"epoch{epoch:04d}-{hashlib.sha256(data).hexdigest()[:12]}.pt"
     tmp = folder / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: no half-written file stays; the previous checkpoint is untouched
+        tmp.unlink(missing_ok=True)
+        raise
     for old in candidates(folder)[keep:]:
         old.unlink(missing_ok=True)
     return path
@@ -49,6 +54,17 @@ def candidates(folder: Path) -> list[Path]:
 def verify(path: Path) -> bool:
     digest = _NAME.match(path.name).group(2)
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12] == digest
+
+
+def config_hash_of(path: Path) -> str | None:
+    """The `config_hash` a checkpoint was written for (None if it has none or cannot be read).  Memory-mapped:
+    the tensors are not read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (unreadable: `load_latest` sets it aside and falls back)
+        return None
+    value = state.get("config_hash") if isinstance(state, dict) else None
+    return str(value) if value is not None else None
 
 
 def load_latest(folder: Path) -> dict | None:

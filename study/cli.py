@@ -5,12 +5,17 @@ Every bad argument is caught before work starts and reported as one line on stde
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 
-from study.tracking import PROJECT, Tracker, default_uri
+from study.tracking import (PROJECT, RETRY_ENV, Tracker, TrackingUnavailable, default_uri, parse_retry_seconds,
+                            unreachable)
+
+INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: a run stopped for a reason outside it (store away, disk full); run again
 
 
 class UsageError(Exception):
@@ -30,6 +35,13 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_retry_seconds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -105,6 +117,9 @@ def build_parser() -> Parser:
             r.add_argument("--slurm", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                            help="submitit parameters (e.g. slurm_partition=gpu, timeout_min=600, cluster=local)")
             r.add_argument("--retry-failed", action="store_true")
+            r.add_argument("--tracking-retry-seconds", type=_seconds, metavar="SECONDS",
+                           help="how long a worker keeps retrying an unreachable tracking store before its run "
+                                f"stops, marked interrupted, to resume on the next run (default ${RETRY_ENV} or 600)")
             r.add_argument("--dry-run", action="store_true", help="list the runs and their counts, train nothing")
 
     f = sub.add_parser("fetch", help="download and verify CIFAR-10 and the authors' checkpoints (what is missing)")
@@ -190,8 +205,13 @@ def _load_grid(a):
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UsageError(f"{out}: the output folder's disk is full ({e.strerror})") from None
         raise UsageError(f"{out}: output folder is not writable ({e.strerror})") from None
     uri = a.tracking_uri or default_uri()
+    why = unreachable(uri)
+    if why is not None:
+        raise UsageError(f"{uri}: the tracking server cannot be reached ({why})")
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
@@ -216,6 +236,44 @@ def _check_configs(g) -> None:
             raise UsageError(f"{g.path}: {c.name}: {e}") from None
 
 
+def _checkpoint_root(g, out: Path) -> Path:
+    return out / g.output / "checkpoints" if g.output else out / "checkpoints"
+
+
+def _check_checkpoints(g, out: Path) -> None:
+    """A run's checkpoint folder (named by its config hash) holds only checkpoints of that config:
+    resuming from a folder copied or renamed from another run would train another configuration."""
+    from study import checkpoint
+
+    root = _checkpoint_root(g, out)
+    for c in g.runs:
+        h = c.hash()
+        for path in checkpoint.candidates(root / h):
+            found = checkpoint.config_hash_of(path)
+            if found is not None and found != h:
+                raise UsageError(f"{path}: a checkpoint of another config (config_hash {found}) in the folder of "
+                                 f"run {c.name} (config_hash {h}); move it away")
+
+
+CHECKPOINTS_AT_ONCE = 3  # `checkpoint.save` keeps two and writes the next before it drops the oldest
+
+
+def _check_space(g, out: Path, jobs: int) -> None:
+    """Enough free space under `out` for the checkpoints of the runs that can be at work at once."""
+    import shutil
+
+    def size(c) -> int:  # weights, momentum and a spare copy (EMA, masks), plus history and pickle framing
+        n = g.counts[c.hash()]
+        return 4 * (2 * n["total"] + n["trainable"]) + 2 ** 20
+
+    sizes = sorted((size(c) for c in g.runs), reverse=True)
+    need = CHECKPOINTS_AT_ONCE * sum(sizes[:max(1, jobs)])
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise UsageError(f"{out}: not enough free space for checkpoints ({free / 2 ** 20:.1f} MiB free, about "
+                         f"{need / 2 ** 20:.1f} MiB needed for {min(len(sizes), max(1, jobs))} run(s) at once)")
+
+
 def _check_data(g, value: str | None) -> str:
     """The data root, after every task the grid uses has found its data there (else one line, exit 2)."""
     from study.data.cifar import DataError, default_root
@@ -237,6 +295,9 @@ def cmd_run(a) -> int:
 
     g, uri, out = _load_grid(a)
     _check_configs(g)
+    _check_checkpoints(g, out)
+    if a.tracking_retry_seconds is not None:  # the launcher's own store calls, and workers it starts
+        os.environ[RETRY_ENV] = repr(a.tracking_retry_seconds)
     if a.dry_run:
         rows = runner.status(g, uri, out)
         print(f"grid {g.name}: {len(rows)} runs (tracking {uri})")
@@ -247,12 +308,15 @@ def cmd_run(a) -> int:
     data_root = _check_data(g, a.data_root)
     if a.backend == "dask" and not a.scheduler:
         raise UsageError("--backend dask needs --scheduler tcp://HOST:PORT")
+    _check_space(g, out, a.jobs)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(g.name)  # create store and experiment once, before workers race to
     from study import mlflow_ui
 
     mlflow_ui.describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
     jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads)
+    if a.tracking_retry_seconds is not None:
+        jobs = [dataclasses.replace(j, tracking_retry_seconds=a.tracking_retry_seconds) for j in jobs]
     from study.progress import Monitor
 
     try:
@@ -264,7 +328,9 @@ def cmd_run(a) -> int:
         print("interrupted: unfinished runs are marked KILLED and resume on the next run", file=sys.stderr)
         return 130
     print(runner.summary_table(outcomes))
-    return 1 if any(o.status == runner.FAILED for o in outcomes) else 0
+    if any(o.status == runner.FAILED for o in outcomes):
+        return 1
+    return INTERRUPTED_EXIT if any(o.status == runner.INTERRUPTED for o in outcomes) else 0
 
 
 def cmd_status(a) -> int:
@@ -333,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except TrackingUnavailable as e:  # the store went away while the launcher itself talked to it
+        print(f"{e}; nothing lost, run the command again", file=sys.stderr)
+        return INTERRUPTED_EXIT
     if getattr(a, "json", False):
         print(json.dumps(out, indent=2, default=str))
     else:

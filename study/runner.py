@@ -7,10 +7,12 @@ through submitit.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +24,14 @@ from study.config import RunConfig
 from study.grid import Grid
 from study.methods import get_method
 from study.models import get_arch
-from study.tracking import Tracker, git_commit
+from study.tracking import Tracker, TrackingUnavailable, git_commit
 from study.train import train
 
 log = logging.getLogger(__name__)
 
 DONE, FAILED, KILLED, PENDING, PARTIAL = "FINISHED", "FAILED", "KILLED", "pending", "partial"
+INTERRUPTED = "INTERRUPTED"  # stopped by the world (store away past the bound, disk full); resumes
+MARKER = "INTERRUPTED"       # in a run's checkpoint folder: why it stopped, until it starts again
 
 
 @dataclass(frozen=True)
@@ -43,20 +47,54 @@ class Job:
     retry_failed: bool = False
     device: str | None = None
     git_commit: str = "unknown"  # read once by the launcher: the code it loaded, even if the tree moves on
+    tracking_retry_seconds: float | None = None  # None: $STUDY_TRACKING_RETRY_SECONDS or the default
 
 
 @dataclass(frozen=True)
 class Outcome:
     name: str
-    status: str           # FINISHED | FAILED | KILLED | skipped
+    status: str           # FINISHED | FAILED | KILLED | INTERRUPTED | skipped
     reason: str = ""
     test_acc: float | None = None
     epochs: int = 0
 
 
 def run_one(job: Job) -> Outcome:
+    """One run, from wherever it stands to FINISHED (or FAILED).  If the tracking store stays away
+    longer than the retry bound, the run stops, is marked interrupted in its checkpoint folder
+    (`MARKER`; it cannot be marked in the store) and resumes on the next start; the epochs the store
+    missed are in its checkpoint and are logged then, once each."""
     torch.set_num_threads(job.threads)
-    cfg, tracker = job.cfg, Tracker(job.tracking_uri)
+    tracker = Tracker(job.tracking_uri, job.tracking_retry_seconds)
+    ckpt_dir = Path(job.checkpoint_dir) / job.cfg.hash()
+    (ckpt_dir / MARKER).unlink(missing_ok=True)  # starting again
+    try:
+        return _run_one(job, tracker)
+    except TrackingUnavailable as e:
+        log.error("run %s stopped: %s", job.cfg.name, e)
+        mark_interrupted(ckpt_dir, f"tracking store unreachable: {e}")
+        return Outcome(job.cfg.name, INTERRUPTED, f"{e}; resumes on the next run")
+    finally:
+        tracker.close()
+
+
+def mark_interrupted(ckpt_dir: Path, reason: str) -> None:
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / MARKER).write_text(json.dumps({"reason": reason, "time": time.time()}) + "\n")
+    except OSError as e:  # e.g. the disk is full too: the run still resumes, only `status` cannot say why
+        log.warning("could not mark %s interrupted: %s", ckpt_dir, e)
+
+
+def interrupted_reason(ckpt_dir: Path) -> str | None:
+    try:
+        return json.loads((ckpt_dir / MARKER).read_text()).get("reason", "?")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _run_one(job: Job, tracker: Tracker) -> Outcome:
+    cfg = job.cfg
     exp = tracker.experiment(job.grid)
     mlflow_ui.describe_experiment(tracker.client, exp)  # training view, run-table columns
     h = cfg.hash()
@@ -83,7 +121,8 @@ def run_one(job: Job) -> Outcome:
 
     def on_epoch(metrics: dict) -> None:
         if metrics["epoch"] not in logged:
-            tracker.log(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+            tracker.log(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"],
+                        wait=False)  # queued: training does not wait for the store
             logged.add(metrics["epoch"])
 
     ckpt_dir = Path(job.checkpoint_dir) / h
@@ -108,8 +147,16 @@ def run_one(job: Job) -> Outcome:
         return Outcome(cfg.name, DONE, "", final.get("test_acc_at_best_val"), len(result.history))
     except KeyboardInterrupt:
         raise  # the caller marks every interrupted run KILLED (`mark_killed`)
+    except TrackingUnavailable:
+        raise  # not the run's fault: `run_one` marks it interrupted locally
     except Exception as e:  # isolate: this run fails, the grid goes on
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:480]
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # not the run's fault either: resumable
+            log.error("run %s stopped: %s", cfg.name, reason)
+            tracker.log(run_id, tags={"failure_reason": f"{reason} (resumes once space is free)"})
+            tracker.set_status(run_id, KILLED)
+            return Outcome(cfg.name, INTERRUPTED, f"{reason}; its last checkpoint is kept and it resumes "
+                           "on the next run once space is free")
         log.error("run %s failed: %s\n%s", cfg.name, reason, traceback.format_exc())
         tracker.log(run_id, tags={"failure_reason": reason})
         tracker.set_status(run_id, FAILED)
@@ -201,6 +248,9 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
         else:
             steps = max(epoch, len(tracker.logged_steps(run.info.run_id)))
             state = f"{PARTIAL} (epoch {steps} of {cfg.epochs})" if steps else PENDING
+        why = interrupted_reason(ckpt_root / h) if state != "done" else None
+        if why:
+            state = f"interrupted at epoch {epoch} of {cfg.epochs} ({why}); resumes on the next run"
         rows.append({"name": cfg.name, "hash": h, "state": state, **grid.counts[h]})
     return rows
 

@@ -14,6 +14,8 @@ from study.csg import (CSGSpec, GeneratedConv2d, SliceGenerator, all_eligible, a
                        generated_convs, generators, materialize, n_slices)
 from study.methods import build
 
+from numerics import assert_close_fp64, assert_within_dot_bound, linear_exact
+
 
 def _resnet20_csg(seed=0, **args):
     torch.manual_seed(seed)
@@ -135,22 +137,29 @@ def test_stride_dilation_padding_bias_are_honoured(layout, stride, padding, dila
     x = torch.randn(2, 6, 15, 13)
     flat = F.linear(layer.code, gen.weight)
     ref_kernel = (authors_contiguous if layout == "contiguous" else block_reference)(flat, 10, 6, 4, 3)
-    expected = F.conv2d(x, ref_kernel, layer.bias, stride, padding, dilation)
+    # one layer: its kernel is this very product (same operands, same call), and the layer is one
+    # F.conv2d with it, so the comparison is exact
+    assert torch.equal(layer.kernel(), ref_kernel)
+    expected = F.conv2d(x, ref_kernel.contiguous(), layer.bias, stride, padding, dilation)
     got = layer(x)
     assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got, expected)
     # and really strided / dilated: differs from the stride-1, dilation-1 result
     plain = F.conv2d(x, ref_kernel, layer.bias, 1, padding, 1)
     assert plain.shape != got.shape or not torch.allclose(plain, got)
 
 
 def test_gradients_match_an_independent_implementation():
-    """Two layers sharing one generator: autograd through the cache equals a direct re-implementation."""
+    """Two layers sharing one generator: autograd through the cache equals a direct re-implementation.
+    The batched product and the per-layer ones sum in different orders, and that difference runs on
+    through two convolutions and their backward: compared in float64."""
     torch.manual_seed(0)
     gen = SliceGenerator(CSGSpec(slice=4, code_dim=5, layout="contiguous"))
     l1 = GeneratedConv2d(3, 6, gen, padding=1)
     l2 = GeneratedConv2d(6, 5, gen, padding=1, stride=2)
-    x = torch.randn(2, 3, 8, 8)
+    for module in (gen, l1, l2):  # the layers hold the generator outside their module tree
+        module.double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     loss = l2(F.relu(l1(x))).square().sum()
     loss.backward()
     got = [gen.weight.grad, l1.code.grad, l2.code.grad]
@@ -160,9 +169,9 @@ def test_gradients_match_an_independent_implementation():
     k2 = authors_contiguous(F.linear(c2, w), 5, 6, 4, 3)
     ref = F.conv2d(F.relu(F.conv2d(x, k1, padding=1)), k2, padding=1, stride=2).square().sum()
     ref.backward()
-    torch.testing.assert_close(loss, ref)
-    for g, r in zip(got, [w.grad, c1.grad, c2.grad]):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    assert_close_fp64(loss, ref, "loss")
+    for g, r, name in zip(got, [w.grad, c1.grad, c2.grad], ["generator", "codes 1", "codes 2"]):
+        assert_close_fp64(g, r, name)
 
 
 # -- materialisation ---------------------------------------------------------------------------
@@ -233,6 +242,8 @@ def test_binary_state_dict_round_trip_restores_outputs():
 # -- batched generation and its cache -----------------------------------------------------------
 @pytest.mark.parametrize("layout", ["contiguous", "block"])
 def test_batched_generation_equals_per_layer_generation(layout):
+    """Bitwise: the batched kernels are one product split per layer.  Per layer (another GEMM shape):
+    within the rounding bound of a code_dim-term dot product of the exact value, as the batched ones."""
     model = _resnet20_csg(layout=layout)
     (gen,) = generators(model)
     layers = [layer for _, layer in generated_convs(model)]
@@ -240,11 +251,16 @@ def test_batched_generation_equals_per_layer_generation(layout):
     with torch.no_grad():
         batched = gen.generate_all()
         assert len(batched) == len(layers) == 18
-        for layer, kernel in zip(layers, batched):
-            flat = F.linear(layer.code, gen.weight)
-            ref = assemble(flat, layer.out_channels, layer.in_channels, 16, 3, layout)
+        once = F.linear(torch.cat([layer.code for layer in layers]), gen.weight).split(
+            [layer.code.shape[0] for layer in layers])
+        for layer, kernel, part in zip(layers, batched, once):
+            def shape(flat, layer=layer):
+                return assemble(flat, layer.out_channels, layer.in_channels, 16, 3, layout)
             assert kernel.shape == (layer.out_channels, layer.in_channels, 3, 3)
-            torch.testing.assert_close(kernel, ref, rtol=1e-5, atol=1e-6)
+            assert torch.equal(kernel, shape(part))
+            exact, magnitude = (shape(t) for t in linear_exact(layer.code, gen.weight))
+            assert_within_dot_bound(kernel, exact, magnitude, 8, "batched")
+            assert_within_dot_bound(shape(F.linear(layer.code, gen.weight)), exact, magnitude, 8, "per layer")
 
 
 class _Counter:
@@ -312,16 +328,17 @@ def test_eval_cache_follows_load_state_dict():
 
 
 def test_eval_cache_follows_dtype_conversion():
-    """Evaluating, then converting the model (e.g. to fp64 or fp16), must not reuse the old kernels."""
+    """Evaluating, then converting the model (e.g. to fp64 or fp16), must not reuse the old kernels:
+    the output after the conversion is bitwise the output of kernels generated afresh in float64."""
     model = _randomise_bn(_resnet20_csg()).eval()
     x = _x(2)
     with torch.no_grad():
-        ref = model(x)
+        model(x)
     model.double()
     with torch.no_grad():
         out = model(x.double())
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out.float(), ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out, _fresh_eval(model, x.double()))
 
 
 def test_training_mode_regenerates_every_pass(monkeypatch):

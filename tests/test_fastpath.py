@@ -23,6 +23,8 @@ from study.methods import build
 from study.tasks import get_task
 from study.train import autocast_for
 
+from numerics import assert_close_fp64, assert_within_dot_bound, linear_exact
+
 CL = torch.channels_last
 BF16 = autocast_for("bf16", torch.device("cpu"))
 
@@ -59,36 +61,63 @@ class _Counter:
 @pytest.mark.parametrize("layout", ["contiguous", "block"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
 def test_batched_generation_equals_per_layer_resnet56(layout, fmt):
+    """By design the batched kernels are one matrix product, split per layer: checked bitwise.  Against
+    generating layer by layer (another GEMM shape, so on some CPUs another summation order), both are
+    checked against the exact value within the rounding bound of a code_dim-term dot product."""
     model = _csg("resnet56", slice=16, code_dim=128, layout=layout)
     (gen,) = generators(model)
     layers = [layer for _, layer in generated_convs(model)]
     assert len(layers) == 54
     with torch.no_grad():
         batched = gen.generate_all(fmt)
-        for layer, kernel in zip(layers, batched):
-            ref = assemble(F.linear(layer.code, gen.weight), layer.out_channels, layer.in_channels, 16, 3, layout)
-            assert kernel.shape == ref.shape and kernel.is_contiguous(memory_format=fmt)
-            torch.testing.assert_close(kernel, ref, rtol=1e-5, atol=1e-6)
+        once = F.linear(torch.cat([layer.code for layer in layers]), gen.weight).split(
+            [layer.code.shape[0] for layer in layers])
+        for layer, kernel, part in zip(layers, batched, once):
+            def shape(flat, layer=layer):
+                return assemble(flat, layer.out_channels, layer.in_channels, 16, 3, layout)
+            assert kernel.shape == (layer.out_channels, layer.in_channels, 3, 3)
+            assert kernel.is_contiguous(memory_format=fmt)
+            assert torch.equal(kernel, shape(part))
+            exact, magnitude = (shape(t) for t in linear_exact(layer.code, gen.weight))
+            assert_within_dot_bound(kernel, exact, magnitude, 128, "batched")
+            assert_within_dot_bound(shape(F.linear(layer.code, gen.weight)), exact, magnitude, 128, "per layer")
 
 
 def test_batched_generation_gradients_equal_per_layer():
     """One split of the batched product must give each code and the generator the same gradients
-    as generating layer by layer (ResNet-56 12/72: every kernel is cropped)."""
+    as generating layer by layer (ResNet-56 12/72: every kernel is cropped).  The loss is linear in the
+    kernels, so on both paths dL/dkernel is `weights` exactly; what differs is the order of the final
+    reductions: over every slice of the network for the generator's gradient, over S*S*k*k values for
+    a code's.  Both paths are checked against the exact gradients within those reductions' bounds."""
     model = _csg("resnet56", slice=12, code_dim=72)
     (gen,) = generators(model)
     layers = [layer for _, layer in generated_convs(model)]
     weights = [torch.randn(layer.out_channels, layer.in_channels, 3, 3) for layer in layers]
 
-    def loss(kernels):
+    def loss(kernels, weights=weights):
         return sum((k * w).sum() for k, w in zip(kernels, weights))
+
+    def per_layer(weight, codes):
+        return [assemble(F.linear(c, weight), layer.out_channels, layer.in_channels, 12, 3, "contiguous")
+                for c, layer in zip(codes, layers)]
+
     loss(gen.generate_all(CL)).backward()
     batched = [gen.weight.grad.clone()] + [layer.code.grad.clone() for layer in layers]
     model.zero_grad(set_to_none=True)
-    loss([assemble(F.linear(layer.code, gen.weight), layer.out_channels, layer.in_channels, 12, 3, "contiguous")
-          for layer in layers]).backward()
+    loss(per_layer(gen.weight, [layer.code for layer in layers])).backward()
     single = [gen.weight.grad] + [layer.code.grad for layer in layers]
-    for a, b in zip(batched, single):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+    def float64_gradients(f):
+        weight = f(gen.weight).requires_grad_()
+        codes = [f(layer.code).requires_grad_() for layer in layers]
+        loss(per_layer(weight, codes), [f(w) for w in weights]).backward()
+        return [weight.grad] + [c.grad for c in codes]
+    exact = float64_gradients(lambda t: t.detach().double())
+    magnitude = float64_gradients(lambda t: t.detach().double().abs())  # sum of |terms| of each reduction
+    lengths = [sum(layer.code.shape[0] for layer in layers)] + [12 * 12 * 9] * len(layers)
+    for a, b, e, m, n in zip(batched, single, exact, magnitude, lengths):
+        assert_within_dot_bound(a, e, m, n, "batched")
+        assert_within_dot_bound(b, e, m, n, "per layer")
 
 
 # -- the caches on the harness's path ---------------------------------------------------------------
@@ -175,18 +204,19 @@ def test_parameters_are_checked_once_per_forward_pass(monkeypatch):
 
 
 def test_memory_format_switch_reuses_the_generated_kernels(monkeypatch):
-    """A channels_last forward then a contiguous one: same outputs, and no second generation."""
-    model = _csg().eval()
+    """A channels_last forward then a contiguous one: the same outputs, and no second generation.  The
+    two formats take different convolution kernels, so the outputs are compared in float64."""
+    model = _csg().double().eval()
     (gen,) = generators(model)
     count = _Counter(gen, monkeypatch)
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         a = model.to(memory_format=CL)(x.contiguous(memory_format=CL))
         b = model(x)
         assert count.calls == 1
         layer = next(layer for _, layer in generated_convs(model))
         assert layer.kernel(CL).is_contiguous(memory_format=CL) and layer.kernel().is_contiguous()
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_close_fp64(a, b, "channels_last against contiguous")
 
 
 # -- bf16 against fp32 ------------------------------------------------------------------------------
