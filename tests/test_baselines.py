@@ -294,7 +294,7 @@ def test_hashed_layer_holds_at_most_buckets_distinct_values():
     assert not any(k.endswith((".index", ".sign")) for k in state)  # regenerable, never stored
     counts = accounting.count_parameters(model)
     assert counts["stored"] == counts["total"] == m.counted(model, ARCH, args)
-    again = m.build(ARCH, args, seed=1)
+    again = m.build(ARCH, args, seed=0)  # the hashes come from the run seed (hash_seed: run)
     again.load_state_dict(state, strict=True)
     model.eval(), again.eval()
     assert torch.equal(model(x_batch()), again(x_batch()))

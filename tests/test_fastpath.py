@@ -304,9 +304,18 @@ def test_cifar_loader_batches_equal_torchvision_transforms(cifar):
 def test_bench_json_tiny(cli, data_root):
     proc = cli("bench", "--archs", "resnet20", "--configs", "16/72", "--batch-size", "16", "--steps", "1",
                "--repeats", "2", "--warmup", "1", "--reference-epoch-images", "48", "--memory-steps", "1",
-               "--workers-images", "64", "--data-root", data_root, "--json")
+               "--workers-images", "64", "--modes", "eager", "--profile-steps", "2", "--data-root", data_root, "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
+    assert out["precision"] in ("fp32", "bf16") and out["cpu_model"]
+    assert out["targets"]["harness_speedup_over_reference"] == (4.0 if out["precision"] == "bf16" else 2.0)
+    assert set(out["images_per_s"]) == {"resnet20 plain eager", "resnet20 csg eager"}
+    for label in ("plain", "csg 16/72"):  # every category's share of the profiled time, adding up to one
+        share = out["time_breakdown"][label]["share"]
+        assert {"conv forward", "conv backward", "batchnorm", "data", "evaluation", "optimizer"} <= set(share)
+        assert sum(share.values()) == pytest.approx(1.0, abs=1e-3)
+    assert "csg_product" in out["time_breakdown"]["csg 16/72"]["share"]
+    assert "csg_product" not in out["time_breakdown"]["plain"]["share"]
     for key in ("csg_over_plain_train", "csg_over_plain_eval", "harness_speedup_over_reference"):
         assert isinstance(out[key], float) and out[key] > 0, key
     rows = out["throughput"]
@@ -336,7 +345,7 @@ def test_bench_json_tiny(cli, data_root):
     ["--archs", "resnet99"], ["--archs", "imagenet_resnet50"], ["--configs", "16/x"],
     ["--configs", "resnet56:16/128"], ["--configs", "16/72/diagonal"], ["--batch-size", "0"],
     ["--precision", "fp64"], ["--steps", "-1"], ["--reference-epoch-images", "10"],
-    ["--workers-images", "-5"],
+    ["--workers-images", "-5"], ["--modes", "eager,jit"], ["--profile-steps", "-1"],
 ])
 def test_bench_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert cli_main(["bench", "--archs", "resnet20", *argv] if argv[0] != "--archs" else ["bench", *argv]) == 2
