@@ -16,11 +16,18 @@ runs:                       # explicit runs, not expanded
 A `target_params` mapping names another configuration on the same architecture: the target is that
 model's own budget count (CSG: `stored`).  Every problem raises `GridError` with one line naming the
 file, the key and what is allowed.
+
+A run may depend on another: `method: csg, method_args: {generator: reuse, generator_from: NAME}`
+trains with the frozen generator of the run called NAME in the same grid (same slice size, code
+dimension and kernel size, checked here).  The source's config hash joins the dependant's method
+arguments as `generator_from_hash`, so the dependant's own hash changes with its source.  `runs` lists
+every source before its dependants (otherwise in file order) and `depends` maps a dependant's hash
+to its source's.
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -45,6 +52,12 @@ class Grid:
     runs: tuple[RunConfig, ...]
     resolved_args: dict[str, dict]  # config hash -> method args after any budget search
     counts: dict[str, dict]         # config hash -> accounting counts (no FLOPs)
+    depends: dict[str, str] = field(default_factory=dict)  # dependant's hash -> its source's (reuse)
+
+    def source_of(self, cfg: RunConfig) -> RunConfig | None:
+        """The run whose generator `cfg` reuses, or None."""
+        h = self.depends.get(cfg.hash())
+        return next((c for c in self.runs if c.hash() == h), None) if h else None
 
 
 def _expand(block: dict) -> list[dict]:
@@ -115,17 +128,101 @@ def load(path: str | Path) -> Grid:
     if not raw:
         raise GridError(f"{path}: the grid defines no runs (add 'grid' blocks or 'runs')")
 
-    configs, resolved, counts, seen = [], {}, {}, {}
-    for where, run in raw:
+    configs, resolved, counts, seen, depends = [], {}, {}, {}, {}
+    by_name: dict[str, RunConfig] = {}
+    for i in _dependency_order(path, raw):
+        where, run = raw[i]
+        source = _source_name(run)
+        if source is not None:  # the source is resolved already: its hash joins this run's arguments
+            run = {**run, "method_args": {**(run.get("method_args") or {}), "generator_from_hash": by_name[source].hash()}}
         cfg, args, count = _resolve(path, where, run)
         h = cfg.hash()
         if h in seen:
             raise GridError(f"{_where(path, where)}: duplicates {seen[h]} (same resolved config)")
+        if source is not None:
+            _check_reuse(path, where, cfg, args, by_name[source], resolved[by_name[source].hash()])
+            depends[h] = by_name[source].hash()
         seen[h] = where
+        by_name.setdefault(cfg.name, cfg)
         configs.append(cfg)
         resolved[h], counts[h] = args, count
     return Grid(doc.get("name") or path.stem, path, str(doc.get("description") or ""), output,
-                tuple(configs), resolved, counts)
+                tuple(configs), resolved, counts, depends)
+
+
+# -- runs that depend on other runs (generator reuse) --------------------------------------------
+def _name(run: dict) -> str:
+    """The run's name: its `name`, else `default_name`.  A name with braces is a template over the
+    run's keys and `{default}` (e.g. `"{default}-e{epochs}"`), so one grid block that expands over
+    several values still names each run apart."""
+    given = {k: v for k, v in run.items() if v is not None}
+    name = run.get("name")
+    if name is None:
+        return default_name(given)
+    if "{" not in str(name):
+        return name
+    try:
+        return str(name).format(default=default_name(given), **{k: v for k, v in given.items() if k != "name"})
+    except (KeyError, IndexError, ValueError) as e:
+        raise GridError(f"name template {name!r}: {e} is not a key of the run") from None
+
+
+def _source_name(run: dict) -> str | None:
+    args = run.get("method_args") or {}
+    return args.get("generator_from") if run.get("method", RunConfig.method) == "csg" else None
+
+
+def _dependency_order(path: Path, raw: list[tuple[str, dict]]) -> list[int]:
+    """Indices of `raw`, every source before the runs that reuse it, otherwise in file order."""
+    names: dict[str, list[int]] = {}
+    for i, (_, run) in enumerate(raw):
+        names.setdefault(_name(run), []).append(i)
+    source: dict[int, int] = {}
+    for i, (where, run) in enumerate(raw):
+        args = run.get("method_args") or {}
+        reuse = run.get("method", RunConfig.method) == "csg" and args.get("generator") == "reuse"
+        wanted = _source_name(run)
+        label = f"{_where(path, where)} ({_name(run)})"
+        if reuse and wanted is None:
+            raise GridError(f"{label}: generator: reuse needs generator_from: <the name of a run in this grid>")
+        if wanted is None:
+            continue
+        if not isinstance(wanted, str):
+            raise GridError(f"{label}: generator_from must be a run name, got {wanted!r}")
+        if "generator_from_hash" in args:
+            raise GridError(f"{label}: generator_from_hash is set by the grid from generator_from; remove it")
+        found = names.get(wanted, [])
+        if not found:
+            raise GridError(f"{label}: generator_from {wanted!r} names no run of this grid "
+                            f"(runs: {', '.join(sorted(names)[:6])}{', ...' if len(names) > 6 else ''})")
+        if len(found) > 1:
+            raise GridError(f"{label}: generator_from {wanted!r} is the name of {len(found)} runs; give them distinct names")
+        if found[0] == i:
+            raise GridError(f"{label}: generator_from names the run itself")
+        source[i] = found[0]
+    order, placed = [], set()
+    while len(order) < len(raw):
+        ready = [i for i in range(len(raw)) if i not in placed and (i not in source or source[i] in placed)]
+        if not ready:
+            where, run = raw[min(set(range(len(raw))) - placed)]
+            raise GridError(f"{_where(path, where)} ({_name(run)}): generator_from forms a cycle")
+        order.append(ready[0])
+        placed.add(ready[0])
+    return order
+
+
+def _check_reuse(path: Path, where: str, cfg: RunConfig, args: dict, src: RunConfig, src_args: dict) -> None:
+    """The source trains a generator of the very shape this run needs: same slice, code dim, kernel size."""
+    label = f"{_where(path, where)} ({cfg.name})"
+    if src.method != "csg" or src_args.get("generator") == "binary":
+        what = "a random-binary generator" if src.method == "csg" else f"method {src.method!r}"
+        raise GridError(f"{label}: generator_from {src.name!r} trains no generator to reuse ({what}); "
+                        "name a CSG run with a learned generator")
+    mine = (int(args["slice"]), int(args["code_dim"]), get_arch(cfg.arch).csg_kernel_size)
+    theirs = (int(src_args["slice"]), int(src_args["code_dim"]), get_arch(src.arch).csg_kernel_size)
+    if mine != theirs:
+        raise GridError(f"{label}: generator_from {src.name!r} has slice/code_dim/kernel {'/'.join(map(str, theirs))}, "
+                        f"this run needs {'/'.join(map(str, mine))}; they must match")
 
 
 def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
@@ -136,7 +233,10 @@ def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
         raise GridError(f"{_where(path, where)}: unknown key {sorted(unknown)[0]!r}; "
                         f"allowed: {', '.join(RunConfig.keys())}")
     run = {k: v for k, v in run.items() if v is not None or k in ("target_params",)}
-    run.setdefault("name", default_name(run))
+    try:
+        run["name"] = _name(run)
+    except GridError as e:
+        raise GridError(f"{_where(path, where)}: {e}") from None
     try:
         arch = get_arch(run.get("arch", RunConfig.arch))
         method = get_method(run.get("method", RunConfig.method))
