@@ -263,12 +263,16 @@ class RichDisplay:
         for r in snap.runs:
             if r.state not in (RUNNING, FAILED) and not (r.state == PENDING and r.done_epochs):
                 continue
+            state = r.state if r.state != FAILED else f"failed: {r.reason}"[:60]
+            quiet = snap.at - (r.last_epoch_at or r.started_at or snap.at)
+            if r.state == RUNNING and quiet > max(3 * (r.seconds_per_epoch or 0), 600):
+                state = f"running? no epoch for {eta_text(quiet)} (a worker that died leaves RUNNING)"
             table.add_row(r.name, f"{r.epoch}/{r.epochs}",
                           ProgressBar(total=max(1, r.epochs), completed=r.epoch, width=20),
                           f"{r.last_val:.2f}" if r.last_val is not None else "-",
                           f"{r.seconds_per_epoch:.0f}" if r.seconds_per_epoch else "-",
-                          Text(r.state if r.state != FAILED else f"failed: {r.reason}"[:60],
-                               style={RUNNING: "cyan", FAILED: "red"}.get(r.state, "yellow")))
+                          Text(state, style={RUNNING: "cyan", FAILED: "red"}.get(r.state, "yellow")
+                               if not state.startswith("running?") else "yellow"))
         return Group(head, total, table)
 
     def update(self, snap: Snapshot) -> None:
