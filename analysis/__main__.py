@@ -158,12 +158,16 @@ def experiment_urls(uri: str, port: int) -> list[tuple[str, str]]:
     """For each experiment of the store, the URL of its run table in MLflow's training view with the
     study's columns (MLflow 3.17 takes both from the URL; see `study.mlflow_ui`)."""
     from analysis.load import _client
-    from study.mlflow_ui import ui_path
+    from study.mlflow_ui import describe_experiment, ui_path
 
     try:
-        exps = _client(uri).search_experiments()
+        client = _client(uri)
+        exps = client.search_experiments()
     except Exception:  # noqa: BLE001  (the server will say what is wrong)
         return []
+    for e in exps:  # a store logged before the UI tags existed: add them (two experiment tags, idempotent)
+        if e.name != "Default":
+            describe_experiment(client, e.experiment_id)
     return [(e.name, f"http://127.0.0.1:{port}/#{ui_path(e.experiment_id)}")
             for e in sorted(exps, key=lambda e: e.name) if e.name != "Default"]
 

@@ -57,6 +57,13 @@ def _is_sqlite(uri: str) -> bool:
 
 
 # -- export ----------------------------------------------------------------------------------------
+def ui_tags() -> dict[str, str]:
+    """The experiment tags `study.mlflow_ui` sets: the model-training type and the run-table view."""
+    from study.mlflow_ui import EXPERIMENT_KIND_TAG, MODEL_TRAINING, VIEW_TAG, view_state
+
+    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, VIEW_TAG: json.dumps(view_state(), sort_keys=True)}
+
+
 def _fmt(v: float) -> str:
     return repr(float(v)) if math.isfinite(v) else str(float(v))
 
@@ -73,6 +80,8 @@ def export(tracking_uri: str, experiments: list[str], folder: Path) -> list[Path
             raise AnalysisError(f"no experiment named {name!r} in {tracking_uri}")
         tags = dict(exp.tags)
         source = tags.pop(SOURCE_TAG, None) or tracking_uri
+        for key, value in ui_tags().items():  # a study logged before the UI tags existed opens as well
+            tags.setdefault(key, value)
         exps.append({"name": name, "tags": dict(sorted(tags.items())), "tracking_uri": source,
                      "format_version": FORMAT_VERSION})
         token = None
