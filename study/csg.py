@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LAYOUTS = ("contiguous", "block")
-GENERATORS = ("learned", "binary")
+GENERATORS = ("learned", "binary", "reuse")
 INITS = ("kaiming", "linear")
 
 
@@ -84,8 +84,11 @@ def assemble(slices: torch.Tensor, out_channels: int, in_channels: int, slice_si
 class SliceGenerator(nn.Module):
     """The shared generator: `weight` is `[S*S*k*k, code_dim]`, as in the authors' `nn.Linear`.
 
-    A random-binary generator keeps its ±0.5 weight in a non-persistent buffer: it is rebuilt from
-    `spec.seed`, never trained and never written to a checkpoint.
+    A random-binary generator's ±0.5 weight is a frozen parameter marked `regenerable`: it is rebuilt
+    from `spec.seed` and never trained, and accounting leaves it out of `stored`.
+    A reused generator (`generator="reuse"`) is frozen too, but it is another run's trained weight,
+    so a checkpoint must carry it: it starts as a learned generator's initialisation (a placeholder,
+    drawn from the same random stream) until `load_reused` copies the source's weight in.
     """
 
     def __init__(self, spec: CSGSpec):
@@ -104,13 +107,23 @@ class SliceGenerator(nn.Module):
                 nn.init.kaiming_normal_(weight)  # fan-in = code_dim
             else:
                 nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's default
-            self.weight = nn.Parameter(weight)
+            self.weight = nn.Parameter(weight, requires_grad=spec.generator == "learned")
         self._layers: list[GeneratedConv2d] = []
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_key = None
         self._served: set[int] = set()
         self._memory_format = torch.contiguous_format
         self._pass_depth, self._pass_checked = 0, False  # see `_PassHook`
+
+    @torch.no_grad()
+    def load_reused(self, weight: torch.Tensor) -> None:
+        """Copy another run's trained generator weight into this frozen (`reuse`) generator."""
+        if self.spec.generator != "reuse":
+            raise ValueError(f"only a generator: reuse takes another run's weight (this one is {self.spec.generator!r})")
+        if tuple(weight.shape) != tuple(self.weight.shape):
+            raise ValueError(f"the reused generator is {tuple(weight.shape)}; this network's needs "
+                             f"{tuple(self.weight.shape)} (slice^2*k^2 x code_dim)")
+        self.weight.copy_(weight.to(self.weight.dtype))  # bumps `_version`: no cached kernel survives
 
     # -- registration -------------------------------------------------------------------------
     def attach(self, layer: "GeneratedConv2d") -> None:

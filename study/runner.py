@@ -4,6 +4,13 @@ Each run is one MLflow run, found again by its config hash.  `run_one` is self-c
 plain data and opens its own tracking client), so the same function runs in-process, in joblib's
 local process pool, on a Dask cluster through joblib's Dask backend, or as a SLURM array task
 through submitit.
+
+A run that reuses another run's generator (`generator: reuse`) depends on it.  `execute` runs the
+grid in waves: the runs that depend on nothing first, then the runs whose sources are in the waves
+before, and so on; the runs of one wave run in parallel as before.  A dependant starts only once its
+source is FINISHED in the store, and loads the generator from the source's logged final model
+(`model/model.pt`), so it works wherever the tracking store is reachable.  If the source failed,
+the dependant is skipped and says why.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch
 
 from study import accounting, checkpoint, mlflow_ui
 from study.config import RunConfig
+from study.csg import generators
 from study.grid import Grid
 from study.methods import get_method
 from study.models import get_arch
@@ -57,6 +65,11 @@ class Outcome:
     reason: str = ""
     test_acc: float | None = None
     epochs: int = 0
+
+
+def source_hash(cfg: RunConfig) -> str | None:
+    """The config hash of the run whose generator `cfg` reuses (set by the grid), or None."""
+    return cfg.method_args.get("generator_from_hash") if cfg.method == "csg" else None
 
 
 def run_one(job: Job) -> Outcome:
@@ -105,11 +118,19 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
     if existing is not None and existing.info.status == FAILED and not job.retry_failed:
         return Outcome(cfg.name, "skipped", f"FAILED before ({existing.data.tags.get('failure_reason', '?')}); "
                        "use --retry-failed")
+    source = None
+    if source_hash(cfg):  # generator: reuse; the source must have finished
+        source = tracker.find(exp, source_hash(cfg))
+        if source is None or source.info.status != DONE:
+            return Outcome(cfg.name, "skipped", _not_ready(cfg, source))
     device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if existing is None:
+        lineage = {"generator_from": cfg.method_args["generator_from"],
+                   "generator_from_run_id": source.info.run_id} if source is not None else {}
         run_id = tracker.create(exp, cfg.name, {
             "config_hash": h, "grid": job.grid, "arch": cfg.arch, "method": cfg.method,
-            "git_commit": job.git_commit, "torch_version": torch.__version__, "device": _device_name(device)})
+            "git_commit": job.git_commit, "torch_version": torch.__version__, "device": _device_name(device),
+            **lineage})
         method = get_method(cfg.method)
         tracker.log(run_id, params={**cfg.flat_params(), **job.resolved_args, "budget_count": method.count,
                                     "knob": method.knob or ""})
@@ -127,12 +148,16 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
 
     ckpt_dir = Path(job.checkpoint_dir) / h
     try:
-        result = train(cfg, job.data_root, ckpt_dir, device=job.device, on_epoch=on_epoch,
-                       resolved_args=job.resolved_args)
+        args = job.resolved_args
+        if source is not None:
+            tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id
+            args = {**args, "generator_weight": reused_generator(tracker, source)}
+        result = train(cfg, job.data_root, ckpt_dir, device=job.device, on_epoch=on_epoch, resolved_args=args)
         channels, *size = get_arch(cfg.arch).input_size
         size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
         counts = accounting.account(result.model, (channels, *size))
-        final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()}}
+        final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()},
+                 **generator_share(result.model, counts["total"])}
         tracker.log(run_id, final, step=cfg.epochs, tags={"precision": result.precision},
                     params={"precision_used": result.precision})
         with tempfile.TemporaryDirectory() as tmp:
@@ -163,6 +188,37 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         return Outcome(cfg.name, FAILED, reason)
 
 
+def _not_ready(cfg: RunConfig, source) -> str:
+    name = cfg.method_args.get("generator_from", "?")
+    if source is None:
+        return f"waits for {name} (its generator source), which has not run"
+    why = source.data.tags.get("failure_reason")
+    return f"source {name} is {source.info.status}{f' ({why})' if why else ''}; not started"
+
+
+def reused_generator(tracker: Tracker, source) -> torch.Tensor:
+    """The generator weight of a FINISHED source run, from the final model it logged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = tracker.client.download_artifacts(source.info.run_id, "model/model.pt", tmp)
+        except TrackingUnavailable:
+            raise  # the store is away: the run is interrupted, not failed
+        except Exception as e:  # noqa: BLE001  (MLflow raises several kinds)
+            raise RuntimeError(f"source run {source.info.run_name} ({source.info.run_id}) has no logged model "
+                               f"to take the generator from: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        state = torch.load(local, map_location="cpu", weights_only=True)
+    if "csg.weight" not in state:
+        raise RuntimeError(f"source run {source.info.run_name} logged a model without a generator (csg.weight)")
+    return state["csg.weight"]
+
+
+def generator_share(model: torch.nn.Module, total: int) -> dict:
+    """`params_generator` (the shared generator's weights) and `generator_share` (their fraction of
+    the network's total, in [0, 1]): what a frozen (random-binary or reused) generator fixes of it."""
+    n = sum(g.weight.numel() for g in generators(model))
+    return {"params_generator": n, "generator_share": n / total} if n and total else {}
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -186,24 +242,83 @@ def jobs_for(grid: Grid, tracking_uri: str, data_root: str, output_root: Path, n
             for c in grid.runs]
 
 
+def waves(jobs: list[Job]) -> list[list[int]]:
+    """Indices of `jobs` by dependency level: wave 0 depends on nothing, wave k+1 on waves <= k only.
+    A source outside `jobs` (not in the grid) is left to `run_one`, which checks the store."""
+    index = {j.cfg.hash(): i for i, j in enumerate(jobs)}
+    level: dict[int, int] = {}
+
+    def depth(i: int, seen: frozenset = frozenset()) -> int:
+        if i not in level:
+            src = index.get(source_hash(jobs[i].cfg))
+            if src in seen | {i}:
+                raise ValueError(f"{jobs[i].cfg.name}: generator sources form a cycle")
+            level[i] = 0 if src is None else depth(src, seen | {i}) + 1
+        return level[i]
+
+    out: list[list[int]] = [[] for _ in range(max((depth(i) for i in range(len(jobs))), default=-1) + 1)]
+    for i in range(len(jobs)):
+        out[level[i]].append(i)
+    return out
+
+
+def _blocked(job: Job, done: dict[str, Outcome]) -> Outcome | None:
+    """A dependant whose source did not finish in this invocation (nor before) is not started."""
+    src = done.get(source_hash(job.cfg) or "")
+    if src is None or src.status == DONE or (src.status == "skipped" and src.reason == "already FINISHED"):
+        return None
+    return Outcome(job.cfg.name, "skipped", f"source {src.name} {src.status}"
+                   f"{f' ({src.reason})' if src.reason else ''}; not started")
+
+
 def execute(jobs: list[Job], n_jobs: int = 1, backend: str = "local", scheduler: str | None = None,
             slurm: dict | None = None) -> list[Outcome]:
+    """Every job's outcome, in the order of `jobs`; dependants run in a later wave than their sources."""
+    slurm = dict(slurm or {})
+    outcomes: dict[int, Outcome] = {}
+    by_hash: dict[str, Outcome] = {}
+    client = None
+    try:
+        for wave in waves(jobs):
+            todo = []
+            for i in wave:
+                blocked = _blocked(jobs[i], by_hash)
+                if blocked is not None:
+                    outcomes[i] = blocked
+                else:
+                    todo.append(i)
+            if backend == "dask" and client is None and todo:
+                from dask.distributed import Client
+
+                client = Client(scheduler)
+            for i, outcome in zip(todo, _execute_wave([jobs[i] for i in todo], n_jobs, backend, client, slurm)):
+                outcomes[i] = outcome
+            for i in wave:
+                by_hash[jobs[i].cfg.hash()] = outcomes[i]
+    finally:
+        if client is not None:
+            client.close()
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def _execute_wave(jobs: list[Job], n_jobs: int, backend: str, client, slurm: dict) -> list[Outcome]:
+    if not jobs:
+        return []
     if backend == "slurm":
-        return _execute_slurm(jobs, slurm or {})
+        return _execute_slurm(jobs, dict(slurm))
     if n_jobs == 1 and backend == "local":
         return [run_one(j) for j in jobs]  # in-process: Ctrl-C reaches the run directly
     import joblib
 
     if backend == "dask":
-        from dask.distributed import Client
-
-        with Client(scheduler) as client, joblib.parallel_config(backend="dask"):
+        with joblib.parallel_config(backend="dask"):  # `execute`'s client is the default one
             n = n_jobs if n_jobs > 0 else sum(client.nthreads().values())
             return joblib.Parallel(n_jobs=n)(joblib.delayed(run_one)(j) for j in jobs)
     return joblib.Parallel(n_jobs=n_jobs, backend="loky")(joblib.delayed(run_one)(j) for j in jobs)
 
 
 def _execute_slurm(jobs: list[Job], slurm: dict) -> list[Outcome]:
+    """One job array per wave (a wave's runs are independent of each other)."""
     import submitit
 
     folder = slurm.pop("folder", "slurm_logs")
@@ -241,6 +356,11 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
         epoch = int(latest[0].name[5:9]) if latest else 0
         if run is None:
             state = PENDING if not epoch else f"{PARTIAL} (epoch {epoch} of {cfg.epochs})"
+            if state == PENDING and source_hash(cfg):  # a reuse run: say what it waits for
+                src = by_hash.get(source_hash(cfg))
+                name = cfg.method_args.get("generator_from", "?")
+                state += (f" (after {name})" if src is None or src.info.status in (DONE, "RUNNING", KILLED)
+                          else f" (blocked: source {name} {src.info.status})")
         elif run.info.status == DONE:
             state = "done"
         elif run.info.status == FAILED:
