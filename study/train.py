@@ -239,6 +239,8 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
             on_epoch(metrics)
 
     if average is not None:  # the averaged network is the one evaluated, so it is the one reported
+        for averaged, live in zip(average.module.parameters(), model.parameters()):
+            averaged.requires_grad_(live.requires_grad)  # its accounting: trainable as the live network was
         model = average.module
     return Result(history=history, summary=summarize(history, task.primary), model=model,
                   args=resolved_args, precision=precision)
