@@ -9,8 +9,8 @@
 - `describe_run` / `log_datasets`: the data each run trained and was judged on, as MLflow dataset inputs (one per split,
   context `training` / `validation` / `test`), each with the md5 of its images and labels as digest and
   the split sizes in its profile.
-- `log_models`: the final network as an MLflow model (`mlflow.pytorch`, pickled, a few MB at most), and
-  for CSG the materialised network too (ordinary convolutions, same outputs), so the run table's Models
+- `log_models`: the final network as an MLflow model (`mlflow.pytorch`, pickled, a few MB at most;
+  named `trained_network`), and for CSG the materialised network too (`materialized_network`) (ordinary convolutions, same outputs), so the run table's Models
   column and `mlflow.pytorch.load_model` work.  Loading them needs this project importable.
 
 None of this may fail a run: every function logs a warning and records `ui_logging_error` instead.
@@ -34,6 +34,9 @@ COLUMNS = [f"metrics.`{HEADLINE}`", "params.`method`", "params.`code_dim`", "par
            "metrics.`params_stored`", "metrics.`params_total`", "params.`seed`", "attributes.`Models`",
            "attributes.`Dataset`"]
 SPLITS = (("train", "training"), ("val", "validation"), ("test", "test"))
+# the logged models' names: not "model", which MLflow 3 would merge into the run's own `model/` artifacts
+# (`model/model.pt`, read back by generator reuse) when listing or downloading them
+MODEL_NAMES = ("trained_network", "materialized_network")
 
 
 def view_state() -> dict:
@@ -169,10 +172,10 @@ def log_models(tracking_uri: str, run_id: str, model: torch.nn.Module, cfg, step
             out = model(torch.zeros(1, *shape))
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
                                    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *out.shape[1:]))]))
-        nets = [("model", model)]
+        nets = [(MODEL_NAMES[0], model)]
         if any(True for _ in generated_convs(model)):
             with torch.no_grad():
-                nets.append(("materialized", materialize(model).eval()))
+                nets.append((MODEL_NAMES[1], materialize(model).eval()))
         quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickles: we load our own files only
         level = quiet.level
         quiet.setLevel(logging.ERROR)
@@ -190,7 +193,7 @@ def log_models(tracking_uri: str, run_id: str, model: torch.nn.Module, cfg, step
 def _log_one(net, name, run_id, step, signature) -> str:
     import mlflow.pytorch
 
-    what = "final" if name == "model" else "final, generated kernels materialised as ordinary convolutions"
+    what = "final" if name == MODEL_NAMES[0] else "final, generated kernels materialised as ordinary convolutions"
     info = mlflow.pytorch.log_model(net, name=name, run_id=run_id, step=step, signature=signature,
                                     serialization_format="pickle", pip_requirements=_requirements(),
                                     tags={"network": what})

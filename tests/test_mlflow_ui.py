@@ -127,17 +127,19 @@ def test_the_harness_marks_the_experiment_and_logs_datasets_and_models(harness_s
         assert sizes == {"training": 384, "validation": 128, "test": 128}
         assert all(len(d.digest) == 32 and d.name == "cifar10" for d in inputs.values())  # md5 hex
         models = {client.get_logged_model(o.model_id).name: o.model_id for o in run.outputs.model_outputs}
-        assert sorted(models) == (["materialized", "model"] if "csg" in name else ["model"])
+        assert sorted(models) == (["materialized_network", "trained_network"] if "csg" in name else ["trained_network"])
         mlflow.set_tracking_uri(uri)
         nets = {k: mlflow.pytorch.load_model(f"models:/{v}").eval() for k, v in models.items()}
         x = torch.randn(4, 3, 32, 32)
         with torch.no_grad():
-            out = nets["model"](x)
+            out = nets["trained_network"](x)
             assert out.shape == (4, 10)
-            if "materialized" in nets:  # ordinary convolutions, the same function
-                assert torch.allclose(nets["materialized"](x), out, atol=1e-4)
-                assert not any("csg" in k for k in nets["materialized"].state_dict())
-        artifacts = Path(client.get_logged_model(models["model"]).artifact_location.removeprefix("file://"))
+            if "materialized_network" in nets:  # ordinary convolutions, the same function
+                assert torch.allclose(nets["materialized_network"](x), out, atol=1e-4)
+                assert not any("csg" in k for k in nets["materialized_network"].state_dict())
+        artifacts = Path(client.get_logged_model(models["trained_network"]).artifact_location.removeprefix("file://"))
+        # the run's own model/ artifacts stay what generator reuse reads back
+        assert {a.path for a in client.list_artifacts(run_id, "model")} == {"model/model.pt", "model/config.json"}
         assert sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file()) < 3_000_000  # small
 
 
@@ -218,7 +220,7 @@ def test_mlflow_ui_shows_the_study_in_a_browser(tmp_path, harness_store):
                 assert {"Dataset", "Models"} <= heads, heads
                 body = page.inner_text("body")
                 assert all(name in body for name in RUNS) and "Model training" in body
-                assert "cifar10" in body and "materialized" in body  # the Dataset and Models cells
+                assert "cifar10" in body and "materialized_network" in body  # the Dataset and Models cells
                 shot(page, "runs_table.png")
 
                 # 2. the compare (chart) view of the two runs: their validation-accuracy curves
@@ -238,7 +240,7 @@ def test_mlflow_ui_shows_the_study_in_a_browser(tmp_path, harness_store):
                 page.get_by_text("Logged models", exact=False).first.wait_for(timeout=60_000)
                 body = page.inner_text("body")
                 assert "Datasets" in body and "cifar10" in body and "Training" in body
-                assert "materialized" in body and METRIC in body
+                assert "materialized_network" in body and "trained_network" in body and METRIC in body
                 shot(page, "run_page.png")
             except Exception:
                 if page is not None:  # keep what the browser saw, for debugging
