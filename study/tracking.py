@@ -78,14 +78,16 @@ def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-_TRANSIENT = ("database is locked", "locked", "busy", "connection", "timed out", "timeout", "503", "502", "504",
+_TRANSIENT = ("database is locked", "locked", "busy", "connection", "timed out", "timeout",
               "temporarily unavailable", "max retries exceeded", "remote end closed", "reset by peer",
               "broken pipe")
+# gateway errors by their HTTP status code, as a whole number: run ids are hex and often hold "502"
+_GATEWAY = re.compile(r"(?<![0-9a-f])50[234](?![0-9a-f])")
 
 
 def _transient(e: Exception) -> bool:
     text = str(e).lower()
-    return any(s in text for s in _TRANSIENT)
+    return any(s in text for s in _TRANSIENT) or bool(_GATEWAY.search(text))
 
 
 def short_reason(e: BaseException) -> str:

@@ -154,3 +154,16 @@ def test_ctrl_c_during_a_store_write_lands_after_the_write(tmp_path):
     fresh.log(run_id, tags={"second": "2"})
     tags = fresh.client.get_run(run_id).data.tags
     assert tags["first"] == "1" and tags["second"] == "2"
+
+
+def test_a_missing_run_is_not_mistaken_for_a_gateway_error(tmp_path):
+    """Run ids are hex: one holding "502" must not read as HTTP 502 and be retried for minutes."""
+    import time
+
+    from study.tracking import Tracker
+
+    client = Tracker(f"sqlite:///{tmp_path}/mlflow.db").client
+    started = time.monotonic()
+    with pytest.raises(Exception, match="not found"):
+        client.get_run("5021e5f100e44294b8ed2d0327b2b27c")
+    assert time.monotonic() - started < 30
