@@ -59,3 +59,14 @@ def assert_close_fp64(actual: torch.Tensor, expected: torch.Tensor, what: str = 
     assert actual.dtype == expected.dtype == torch.float64, (what, actual.dtype, expected.dtype)
     scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=FP64_RTOL, atol=FP64_RTOL * scale, msg=lambda m: f"{what}: {m}")
+
+
+def split_product(gen):
+    """The generator's one matrix product over every attached layer's codes, split per layer: what
+    `generate_all` must equal bitwise (it is the same product)."""
+    import torch
+    import torch.nn.functional as F
+
+    layers = gen.layers
+    return F.linear(torch.cat([layer.code for layer in layers]), gen.weight).split(
+        [layer.code.shape[0] for layer in layers])

@@ -14,7 +14,7 @@ from study.csg import (CSGSpec, GeneratedConv2d, SliceGenerator, all_eligible, a
                        generated_convs, generators, materialize, n_slices)
 from study.methods import build
 
-from numerics import assert_close_fp64, assert_within_dot_bound, linear_exact
+from numerics import assert_close_fp64, assert_within_dot_bound, linear_exact, split_product
 
 
 def _resnet20_csg(seed=0, **args):
@@ -251,8 +251,7 @@ def test_batched_generation_equals_per_layer_generation(layout):
     with torch.no_grad():
         batched = gen.generate_all()
         assert len(batched) == len(layers) == 18
-        once = F.linear(torch.cat([layer.code for layer in layers]), gen.weight).split(
-            [layer.code.shape[0] for layer in layers])
+        once = split_product(gen)
         for layer, kernel, part in zip(layers, batched, once):
             def shape(flat, layer=layer):
                 return assemble(flat, layer.out_channels, layer.in_channels, 16, 3, layout)

@@ -23,7 +23,7 @@ from study.methods import build
 from study.tasks import get_task
 from study.train import autocast_for
 
-from numerics import assert_close_fp64, assert_within_dot_bound, linear_exact
+from numerics import assert_close_fp64, assert_within_dot_bound, linear_exact, split_product
 
 CL = torch.channels_last
 BF16 = autocast_for("bf16", torch.device("cpu"))
@@ -70,8 +70,7 @@ def test_batched_generation_equals_per_layer_resnet56(layout, fmt):
     assert len(layers) == 54
     with torch.no_grad():
         batched = gen.generate_all(fmt)
-        once = F.linear(torch.cat([layer.code for layer in layers]), gen.weight).split(
-            [layer.code.shape[0] for layer in layers])
+        once = split_product(gen)
         for layer, kernel, part in zip(layers, batched, once):
             def shape(flat, layer=layer):
                 return assemble(flat, layer.out_channels, layer.in_channels, 16, 3, layout)
