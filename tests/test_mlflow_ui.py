@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import need
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -42,16 +43,6 @@ TINY_GRID = {
 }
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def _need(ok: bool, why: str) -> None:
-    if ok:
-        return
-    if _in_ci():
-        pytest.fail(f"{why} (required under CI=true)")
-    pytest.skip(why)
 
 
 def _free_port() -> int:
@@ -150,11 +141,11 @@ def test_ui_command_binds_to_loopback():
 
 
 def test_mlflow_ui_shows_the_study_in_a_browser(tmp_path, harness_store):
-    _need(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    need(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _need(False, "the playwright package is not installed")
+        need(False, "the playwright package is not installed")
 
     from study.mlflow_ui import ui_path
 
