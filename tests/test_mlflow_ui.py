@@ -205,7 +205,12 @@ def test_mlflow_ui_shows_the_study_in_a_browser(tmp_path, harness_store):
             try:
                 # 1. the run table, in the training view, with the study's columns and no set-up
                 page = open_page(ui_path(exp_id), RUNS[0])
-                page.get_by_role("columnheader", name=METRIC).first.wait_for(timeout=60_000)
+                # the Dataset and Models columns appear only once their lookups return, later than the
+                # run rows on a loaded machine: wait for each before reading the header row
+                for column in (METRIC, "Dataset", "Models"):
+                    page.get_by_role("columnheader", name=column).first.wait_for(timeout=60_000)
+                for cell in ("cifar10", "materialized_network"):
+                    page.get_by_text(cell).first.wait_for(timeout=60_000)
                 heads = {h.strip() for h in page.get_by_role("columnheader").all_inner_texts()}
                 assert {METRIC, "method", "code_dim", "params_stored", "params_total"} <= heads, heads
                 assert {"Dataset", "Models"} <= heads, heads
