@@ -94,6 +94,8 @@ def build_parser() -> Parser:
     e.add_argument("checkpoint")
     e.add_argument("--arch", required=True, choices=_arch_names())
     e.add_argument("--data-root")
+    e.add_argument("--tta", action="store_true",
+                   help="also report flip test-time augmentation (accuracy_tta), as runs log test_acc_tta")
     e.add_argument("--json", action="store_true")
 
     for name, helptext in (("run", "train a grid file"), ("status", "show what a grid has done")):
@@ -186,8 +188,10 @@ def cmd_evaluate_authors(a) -> dict:
         raise UsageError(str(e)) from None
     data = load_cifar10(root)
     with torch.inference_mode():
-        acc = evaluate(model, data.test_x, data.test_y)
-    return {"checkpoint": a.checkpoint, "arch": a.arch, "accuracy": acc, **meta,
+        acc = evaluate(model, data.test_x, data.test_y, tta=a.tta)
+    acc, tta = acc if a.tta else (acc, None)
+    return {"checkpoint": a.checkpoint, "arch": a.arch, "accuracy": acc,
+            **({"accuracy_tta": tta} if a.tta else {}), **meta,
             "difference": acc - meta["stored_accuracy"], **accounting.count_parameters(model)}
 
 
