@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from study.tracking import (PROJECT, RETRY_ENV, Tracker, TrackingUnavailable, default_uri, parse_retry_seconds,
+from study.env import PROJECT
+from study.tracking import (RETRY_ENV, Tracker, TrackingUnavailable, default_uri, parse_retry_seconds,
                             unreachable)
 
 INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: a run stopped for a reason outside it (store away, disk full); run again
