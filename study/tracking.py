@@ -42,7 +42,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.env import default_tracking_uri
+from study.env import PROJECT, default_tracking_uri
 
 BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
 RETRY_ENV = "STUDY_TRACKING_RETRY_SECONDS"
