@@ -17,7 +17,7 @@ from analysis import figures, stats, tables
 from analysis.figures import FIGURES, pareto_front
 from analysis.load import parse_value, typed_column
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # the project root, defined once
 TABLES = ["main_table", "method_comparison", "paper_vs_us", "configurations", "param_breakdown"]
 
 

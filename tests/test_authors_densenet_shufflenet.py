@@ -18,7 +18,7 @@ from study.csg import generated_convs
 
 torch.set_num_threads(2)
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # the project root, defined once
 SHARED = REPO.parent / "shared"
 AUTHORS = SHARED / "pretrained" / "authors"
 

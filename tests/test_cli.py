@@ -11,7 +11,7 @@ import yaml
 
 from study.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # the project root, defined once
 GOOD_RUN = {"arch": "resnet20", "epochs": 1, "train_subset": 256, "val_size": 256, "test_subset": 256}
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from study import grid
 from study.methods import method_names
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -18,7 +18,7 @@ from scipy import stats as sps
 from analysis import evidence, inference, load, stats, synthetic, tables
 from analysis.reference import paper_reference
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # the project root, defined once
 MANIFEST = REPO / "results" / "manifest.csv"
 HEADLINE = stats.HEADLINE
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from conftest import need
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # the project root, defined once
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")  # Debian's package
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

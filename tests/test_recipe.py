@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from gridtools import DATA_ROOT, TINY, uri
+from grid_subprocess import DATA_ROOT, TINY, uri
 from study import checkpoint, grid
 from study.cli import main
 from study.config import ADDED_LATER, RunConfig
@@ -35,7 +35,7 @@ from study.recipe import flip_tta_logits
 from study.tasks import get_task
 from study.train import autocast_for, make_optimizer, resolve_precision, train, train_step
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # the project root, defined once
 CPU = torch.device("cpu")
 RECIPE_FIELDS = {"ema_decay": None, "no_decay_norm_bias": False, "flip": "random"}  # and their defaults
 

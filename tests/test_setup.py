@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # the project root, defined once
 PINNED = {"torch": "==2.14.1", "torchvision": "==0.29.1"}
 
 
