@@ -7,9 +7,9 @@ Four measurements, all in one process except the memory and worker probes:
    AVX512-BF16, channels_last, SGD with momentum and weight decay), same batch size, one synthetic
    batch for all models.  The models take turns within every repeat (plain, CSG a, CSG b, plain,
    ...), so a change in machine load hits them alike; the reported figure is the median over
-   repeats, and the CSG/plain ratios are the medians of the per-repeat ratios.  One evaluation
-   "pass" is `--steps` batches and starts from stale kernels, as after an optimiser step, so it
-   pays for one kernel generation (a real pass over 5,000-10,000 images pays the same once).
+   repeats, and the CSG/plain ratios are the medians of the per-repeat ratios.  Every evaluation
+   batch is one forward pass of the model and so pays for one kernel generation, as in the trainer's
+   evaluation.
 2. **Seconds per epoch** of the harness's training loop (`study.train`'s inner loop over a
    `CifarLoader`, bf16 + channels_last) against a reference loop in the authors' style (a
    torchvision-like `Dataset` handing out PIL images, `RandomCrop(32, padding=4)`,
@@ -257,7 +257,7 @@ def run(a) -> dict:
                              "weight decay 5e-4 off BatchNorm and biases, label smoothing 0.1",
                      "ratio": "median over repeats of (CSG images/s / plain images/s), models interleaved; "
                               "*_best: best repeat / best repeat",
-                     "eval_pass": "--steps batches under no_grad, kernels generated once at the start",
+                     "eval_pass": "--steps batches under no_grad, each one forward pass (one kernel generation)",
                      "data_root": str(data_root)},
         "load_average": {"start": load_start, "end": _load()},
         "seconds": round(time.perf_counter() - started, 1),

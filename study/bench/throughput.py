@@ -75,19 +75,14 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str
         for _ in range(max(a.warmup, 2 if compiled else 0)):
             e["eval"]()
     n = a.batch_size * a.steps
-    for _ in range(a.repeats):
-        for e in entries:
-            e["model"].train()
-            t = time.perf_counter()
-            for _ in range(a.steps):
-                e["step"]()
-            e["train"].append(n / (time.perf_counter() - t))
-        for e in entries:
-            e["model"].eval()
-            t = time.perf_counter()
-            for _ in range(a.steps):
-                e["eval"]()
-            e["infer"].append(n / (time.perf_counter() - t))
+    for _ in range(a.repeats):  # every model's training steps, then every model's evaluation batches
+        for training, call, rates in ((True, "step", "train"), (False, "eval", "infer")):
+            for e in entries:
+                e["model"].train(training)
+                t = time.perf_counter()
+                for _ in range(a.steps):
+                    e[call]()
+                e[rates].append(n / (time.perf_counter() - t))
     plain = entries[0]
     out = []
     for e in entries:
