@@ -1,10 +1,10 @@
-"""Helpers the baseline methods share: which layers a method touches, module surgery, and budget search.
+"""Helpers the baseline methods share: which layers a method touches, where a new module goes, and budget search.
 
 Every baseline walks an ordinary `nn.Module` tree, so it works on any architecture of the zoo.  The
 layers a method compresses are chosen by its `layers` argument:
 
-  authors   the convs CSG converts under the authors' policy (`study.methods.csg.recipe(arch).policy`): on CIFAR
-            ResNets every 3x3 conv inside the residual blocks.  The default, so that a baseline
+  authors   the convs CSG converts under the authors' policy (`study.methods.csg.recipe(arch).policy`):
+            on CIFAR ResNets every 3x3 conv inside the residual blocks.  The default, so that a baseline
             and CSG compress the same layers at a matched budget.
   eligible  every ungrouped conv except the stem (`ArchSpec.first_conv`).
 

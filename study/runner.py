@@ -53,7 +53,6 @@ class Job:
     checkpoint_dir: str
     threads: int
     retry_failed: bool = False
-    device: str | None = None
     git_commit: str = "unknown"  # read once by the launcher: the code it loaded, even if the tree moves on
     tracking_retry_seconds: float | None = None  # None: $STUDY_TRACKING_RETRY_SECONDS or the default
 
@@ -123,7 +122,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         source = tracker.find(exp, source_hash(cfg))
         if source is None or source.info.status != DONE:
             return Outcome(cfg.name, "skipped", _not_ready(cfg, source))
-    device = env.device(job.device)
+    device = env.device()
     if existing is None:
         lineage = {"generator_from": cfg.method_args["generator_from"],
                    "generator_from_run_id": source.info.run_id} if source is not None else {}
@@ -152,7 +151,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         if source is not None:
             tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id
             args = {**args, "generator_weight": reused_generator(tracker, source)}
-        result = train(cfg, job.data_root, ckpt_dir, device=job.device, on_epoch=on_epoch, resolved_args=args)
+        result = train(cfg, job.data_root, ckpt_dir, device=str(device), on_epoch=on_epoch, resolved_args=args)
         channels, *size = get_arch(cfg.arch).input_size
         size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
         counts = accounting.account(result.model, (channels, *size))

@@ -1,4 +1,4 @@
-"""`python -m study bench`: how fast the harness trains and evaluates, CSG against plain, on this machine.
+"""The bench command: its arguments, the hardware it reports, and the run of every measurement.
 
 Four measurements, all in one process except the memory and worker probes:
 

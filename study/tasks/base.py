@@ -1,4 +1,4 @@
-"""What a model is trained on and judged by: data loaders, loss and metrics, one class per task.
+"""The `Task` interface: data loaders, loss and metrics; one subclass per task, each in its own file.
 
 A task gives the trainer three loaders (train, validation, test) that yield `(x, y)` batches on
 the training device.  The train loader has a `generator` attribute (a `torch.Generator`): its state
