@@ -4,7 +4,6 @@ generator, every baseline at CSG 16/72's parameter budget, two seeds or more for
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 

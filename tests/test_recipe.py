@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
+from conftest import REPO
 from grid_subprocess import DATA_ROOT, TINY, uri
 from study import checkpoint, grid
 from study.cli import main
@@ -35,7 +36,6 @@ from study.recipe import flip_tta_logits
 from study.tasks import get_task
 from study.train import autocast_for, make_optimizer, resolve_precision, train, train_step
 
-from conftest import REPO  # the project root, defined once
 CPU = torch.device("cpu")
 RECIPE_FIELDS = {"ema_decay": None, "no_decay_norm_bias": False, "flip": "random"}  # and their defaults
 
