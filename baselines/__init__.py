@@ -1,5 +1,8 @@
 """Baseline compression methods, one file per method, each a `study.methods.Method` registered on import.
 
+`study` never imports this package: the `study.methods` entry point in pyproject.toml names it, and
+`study.methods.get_method` loads it the first time a name is looked up.
+
   prune        unstructured global magnitude pruning (one-shot or Zhu & Gupta gradual)
   filterprune  L1-norm filter pruning (Li et al. 2017): a genuinely smaller network
   lowrank      Tucker-2 factorisation of convs: 1x1 -> kxk -> 1x1 (from scratch or decomposed mid-training)

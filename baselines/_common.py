@@ -1,10 +1,10 @@
-"""Helpers the baseline methods share: which layers a method touches, module surgery, and budget search.
+"""Helpers the baseline methods share: which layers a method touches, where a new module goes, and budget search.
 
 Every baseline walks an ordinary `nn.Module` tree, so it works on any architecture of the zoo.  The
 layers a method compresses are chosen by its `layers` argument:
 
-  authors   the convs CSG converts under the authors' policy (`ArchSpec.authors_policy`): on CIFAR
-            ResNets every 3x3 conv inside the residual blocks.  The default, so that a baseline
+  authors   the convs CSG converts under the authors' policy (`study.methods.csg.recipe(arch).policy`):
+            on CIFAR ResNets every 3x3 conv inside the residual blocks.  The default, so that a baseline
             and CSG compress the same layers at a matched budget.
   eligible  every ungrouped conv except the stem (`ArchSpec.first_conv`).
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from study.methods import BudgetError
+from study.methods.csg import recipe
 
 LAYER_SETS = ("authors", "eligible")
 
@@ -64,7 +65,7 @@ def epoch_at(fraction: float, epochs: int) -> int:
 def policy(arch, layers: str) -> Callable[[str, nn.Conv2d], bool]:
     check_choice("layers", "layers", layers, LAYER_SETS)
     if layers == "authors":
-        return lambda name, conv: name != arch.first_conv and conv.groups == 1 and arch.authors_policy(name, conv)
+        return lambda name, conv: name != arch.first_conv and conv.groups == 1 and recipe(arch).policy(name, conv)
     return lambda name, conv: name != arch.first_conv and conv.groups == 1
 
 
@@ -102,11 +103,6 @@ def arch_of(model: nn.Module, method: str):
 
 
 # -- module surgery -------------------------------------------------------------------------------
-def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
 def like(new: nn.Module, old_weight: torch.Tensor) -> nn.Module:
     """Put a freshly made module on `old_weight`'s device and dtype (and channels-last if it was)."""
     new = new.to(device=old_weight.device, dtype=old_weight.dtype)
@@ -114,15 +110,6 @@ def like(new: nn.Module, old_weight: torch.Tensor) -> nn.Module:
             old_weight.is_contiguous(memory_format=torch.channels_last):
         new = new.to(memory_format=torch.channels_last)
     return new
-
-
-def numel_params(module: nn.Module) -> int:
-    seen, n = set(), 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
 
 
 def skeleton(arch) -> nn.Module:

@@ -49,7 +49,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from study.accounting import unique_parameters
 from study.methods import Method, register
+from study.surgery import set_submodule
 
 from baselines import _common as C
 
@@ -194,11 +196,11 @@ def apply_keep(model: nn.Module, chain: Chain, keep: list[int]) -> None:
     """Remove every filter of `chain.conv` not in `keep`, in place."""
     conv = model.get_submodule(chain.conv)
     idx = torch.as_tensor(sorted(keep), dtype=torch.long, device=conv.weight.device)
-    C.set_submodule(model, chain.conv, shrink_conv(conv, out_keep=idx))
+    set_submodule(model, chain.conv, shrink_conv(conv, out_keep=idx))
     for name in chain.through:
         m = model.get_submodule(name)
-        C.set_submodule(model, name, shrink_bn(m, idx) if isinstance(m, nn.BatchNorm2d) else shrink_conv(m, idx))
-    C.set_submodule(model, chain.consumer, shrink_conv(model.get_submodule(chain.consumer), in_keep=idx))
+        set_submodule(model, name, shrink_bn(m, idx) if isinstance(m, nn.BatchNorm2d) else shrink_conv(m, idx))
+    set_submodule(model, chain.consumer, shrink_conv(model.get_submodule(chain.consumer), in_keep=idx))
 
 
 @torch.no_grad()
@@ -296,7 +298,7 @@ class FilterPrune(Method):
 
     def counted(self, model, arch, args):
         """`total` of the pruned model: the model's own count once pruned, else what pruning will leave."""
-        total = C.numel_params(model)
+        total = unique_parameters(model)
         if self.is_pruned(model):
             return total
         return total - sum(r * per_filter_params(model, c) for c, r in self.plan(model, arch, args))
@@ -306,7 +308,7 @@ class FilterPrune(Method):
         found = chains(model, arch, args["layers"])
         if not found:
             self.plan(model, arch, args)
-        total = C.numel_params(model)
+        total = unique_parameters(model)
         sizes = [per_filter_params(model, c) for c in found]
 
         def count(ratio):

@@ -25,7 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from study.accounting import unique_parameters
 from study.methods import Method, register
+from study.surgery import set_submodule
 
 from baselines import _common as C
 
@@ -109,14 +111,14 @@ class Hashed(Method):
             layer = HashedConv2d(conv, n_buckets(conv.weight.numel(), float(args["compression"])),
                                  hash_seed, name)
             layer.train(conv.training)
-            C.set_submodule(model, name, layer)
+            set_submodule(model, name, layer)
         return model
 
     def search(self, arch, args, target):
         model = C.skeleton(arch)
         convs = self.convs(model, arch, args)
         sizes = [c.weight.numel() for _, c in convs]
-        dense = C.numel_params(model) - sum(sizes)
+        dense = unique_parameters(model) - sum(sizes)
 
         def count(c):
             return dense + sum(n_buckets(n, c) for n in sizes)

@@ -1,7 +1,7 @@
 """Static HyperNetworks (`--method hypernet`; Ha, Dai & Le, "HyperNetworks", ICLR 2017).
 
 The convs CSG converts (the same `policy`: `authors`, the authors' layers, or `all`, every
-ungrouped conv but the stem, and the same kernel size, `ArchSpec.csg_kernel_size`) are cut into
+ungrouped conv but the stem, and the same kernel size, CSG's recipe, `study.methods.csg.recipe`) are cut into
 blocks of S_out x S_in x k x k (S = `slice`, 16 as in the paper; channels that are not a multiple
 of S are padded to one and cropped, as CSG does).  Block (i, j) (output block i, input block j)
 owns a learned embedding z_ij of N_z = `z_dim` values (64 in the paper).  One hypernetwork, shared
@@ -40,8 +40,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from study.csg import CSGSpec, GeneratedConv2d, SliceGenerator, _PassHook, all_eligible, n_slices
+from study.accounting import unique_parameters
+from study.csg import CSGSpec, GeneratedConv2d, SliceGenerator, all_eligible, attach_generator, n_slices
 from study.methods import Method, register
+from study.methods.csg import recipe
+from study.surgery import set_submodule
 
 from baselines import _common as C
 
@@ -81,25 +84,12 @@ class HyperGenerator(SliceGenerator):
         kernel = F.linear(a.reshape(-1, self.hidden), self.weight_out, self.bias_out)  # [n * S_in, S_out*k*k]
         return kernel.reshape(z.shape[0], -1)
 
-    def generate_all(self, memory_format: torch.memory_format | None = None) -> list[torch.Tensor]:
-        memory_format = memory_format or getattr(self, "_memory_format", torch.contiguous_format)
+    def generate_all(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
         layers = self._layers
         z = torch.cat([layer.code for layer in layers]) if len(layers) > 1 else layers[0].code
         flat = self.blocks(z)
         parts = flat.split([layer.code.shape[0] for layer in layers]) if len(layers) > 1 else (flat,)
         return [layer.assemble(part, memory_format) for layer, part in zip(layers, parts)]
-
-    # the cache key of SliceGenerator, over this generator's own parameters
-    def _mode(self):
-        device = self._parameters["weight_in"].device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        return (torch.is_grad_enabled(), dtype)
-
-    def _tensors_key(self):
-        p = self._parameters
-        tensors = [p["weight_in"], p["bias_in"], p["weight_out"], p["bias_out"]] + \
-            [layer._parameters["code"] for layer in self._layers]
-        return tuple([(id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors])
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -139,8 +129,8 @@ class HyperConv2d(GeneratedConv2d):
 def chosen_convs(model: nn.Module, arch, policy: str) -> list[tuple[str, nn.Conv2d]]:
     """The convs CSG would convert under `policy` (study.csg.convert's rule), in module order."""
     C.check_choice("hypernet", "policy", policy, POLICIES)
-    rule = arch.authors_policy if policy == "authors" else all_eligible(arch.first_conv)
-    k = arch.csg_kernel_size
+    rule = recipe(arch).policy if policy == "authors" else all_eligible(arch.first_conv)
+    k = recipe(arch).kernel_size
     chosen = [(name, m) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d) and m.kernel_size == (k, k) and rule(name, m)]
     if not chosen:
@@ -163,16 +153,13 @@ def convert(model: nn.Module, arch, slice_size: int, z_dim: int, hidden: int, po
         raise ValueError(f"hypernet: the model's root is an nn.{type(model).__name__}; the shared hypernetwork "
                          "is registered on the root, so wrap it in an nn.Module")
     chosen = chosen_convs(model, arch, policy)
-    generator = HyperGenerator(slice_size, z_dim, hidden, arch.csg_kernel_size, std=_init_std(chosen))
+    generator = HyperGenerator(slice_size, z_dim, hidden, recipe(arch).kernel_size, std=_init_std(chosen))
     for name, conv in chosen:
         new = HyperConv2d(conv.in_channels, conv.out_channels, generator, stride=conv.stride,
                           padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None)
         new.train(conv.training)
-        C.set_submodule(model, name, new)
-    model.add_module(GENERATOR_NAME, generator)
-    model.register_forward_pre_hook(_PassHook(GENERATOR_NAME, start=True))
-    model.register_forward_hook(_PassHook(GENERATOR_NAME, start=False), always_call=True)
-    return model
+        set_submodule(model, name, new)
+    return attach_generator(model, GENERATOR_NAME, generator)
 
 
 def _positive_int(method: str, key: str, value) -> int:
@@ -205,19 +192,19 @@ class HyperNet(Method):
         """(parameters the conversion leaves alone, blocks of the converted convs), from a skeleton."""
         model = C.skeleton(arch)
         chosen = chosen_convs(model, arch, args["policy"])
-        rest = C.numel_params(model) - sum(c.weight.numel() for _, c in chosen)
+        rest = unique_parameters(model) - sum(c.weight.numel() for _, c in chosen)
         return rest, sum(n_slices(c.in_channels, c.out_channels, args["slice"]) for _, c in chosen)
 
     def formula(self, arch, args) -> int:
         """The count of `build(arch, args)`, by the closed formula (no model built but a skeleton)."""
         rest, blocks = self._shape(arch, args)
-        return rest + hypernet_params(blocks, args["slice"], args["z_dim"], args["hidden"], arch.csg_kernel_size)
+        return rest + hypernet_params(blocks, args["slice"], args["z_dim"], args["hidden"], recipe(arch).kernel_size)
 
     def search(self, arch, args, target):
         rest, blocks = self._shape(arch, args)
 
         def count(d):
-            return rest + hypernet_params(blocks, args["slice"], args["z_dim"], int(d), arch.csg_kernel_size)
+            return rest + hypernet_params(blocks, args["slice"], args["z_dim"], int(d), recipe(arch).kernel_size)
 
         hi = 1
         while count(hi) < target and hi < self.max_hidden:

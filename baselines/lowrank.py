@@ -43,7 +43,9 @@ import copy
 import torch
 import torch.nn as nn
 
+from study.accounting import unique_parameters
 from study.methods import Method, register
+from study.surgery import set_submodule
 
 from baselines import _common as C
 
@@ -187,7 +189,7 @@ class LowRank(Method):
             if from_weights:
                 new.load_factors(conv, keep_norm=keep_norm)
             new.train(conv.training)
-            C.set_submodule(model, name, new)
+            set_submodule(model, name, new)
         return model
 
     # -- the Method interface ------------------------------------------------------------------
@@ -221,17 +223,17 @@ class LowRank(Method):
 
     def counted(self, model, arch, args):
         """`total` of the factorised model (for a dense one in decompose mode: after decomposition)."""
-        total = C.numel_params(model)
+        total = unique_parameters(model)
         if self.is_decomposed(model):
             return total
         convs = self.convs(model, arch, args)
         plan = ranks(convs, float(args["rank_ratio"]))
-        return total + sum(factorised_params(c, *plan[n]) - C.numel_params(c) for n, c in convs)
+        return total + sum(factorised_params(c, *plan[n]) - unique_parameters(c) for n, c in convs)
 
     def search(self, arch, args, target):
         model = C.skeleton(arch)
         convs = self.convs(model, arch, args)
-        dense = C.numel_params(model) - sum(C.numel_params(c) for _, c in convs)
+        dense = unique_parameters(model) - sum(unique_parameters(c) for _, c in convs)
 
         def count(ratio):
             plan = ranks(convs, ratio)

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
+from study.accounting import unique_parameters
 from study.methods import BudgetError, Method, register
 
 from baselines import _common as C
@@ -222,12 +223,12 @@ class MagnitudePrune(Method):
         return model
 
     def counted(self, model, arch, args):
-        total = C.numel_params(model)
+        total = unique_parameters(model)
         return total - round(float(args["sparsity"]) * self.prunable(model, arch, args))
 
     def search(self, arch, args, target):
         model = C.skeleton(arch)
-        total, n = C.numel_params(model), self.prunable(model, arch, args)
+        total, n = unique_parameters(model), self.prunable(model, arch, args)
         smallest = total - n
         if not smallest <= target <= total:
             raise BudgetError(f"{self.name}: target {target} is not reachable; smallest reachable count is "

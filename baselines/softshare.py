@@ -38,7 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from study.accounting import unique_parameters
 from study.methods import BudgetError, Method, register
+from study.surgery import set_submodule
 
 from baselines import _common as C
 
@@ -160,7 +162,7 @@ class SoftShare(Method):
             for (name, conv), alpha in zip(members, coefficients):
                 layer = SharedConv2d(conv, bank, alpha)
                 layer.train(conv.training)
-                C.set_submodule(model, name, layer)
+                set_submodule(model, name, layer)
             banks.append(bank)
         model.add_module("softshare_banks", nn.ModuleList(banks))
         model.softshare_decay_coefficients = bool(args["decay_coefficients"])  # read by no_weight_decay
@@ -172,7 +174,7 @@ class SoftShare(Method):
         found = self.groups(model, arch, args)
         sizes = [len(m) for m in found]
         costs = [m[0][1].weight.numel() + len(m) for m in found]  # one template + one coefficient per layer
-        rest = C.numel_params(model) - sum(C.numel_params(c) for m in found for _, c in m)
+        rest = unique_parameters(model) - sum(unique_parameters(c) for m in found for _, c in m)
 
         def count(vec):
             return rest + sum(t * c for t, c in zip(vec, costs))

@@ -15,6 +15,7 @@ import inspect
 
 import torch
 
+from study.accounting import unique_parameters
 from study.methods import Method, register
 
 from baselines import _common as C
@@ -60,7 +61,7 @@ class Width(Method):
 
         def count(w):
             with torch.no_grad():
-                return C.numel_params(arch.build(num_classes=arch.num_classes, width=w))
+                return unique_parameters(arch.build(num_classes=arch.num_classes, width=w))
 
         lo, hi = 1e-3, 1.0
         while count(hi) < target and hi < self.max_width:

@@ -39,6 +39,11 @@ def _effective(module: nn.Module, name: str, p: torch.Tensor) -> torch.Tensor:
     return p
 
 
+def unique_parameters(module: nn.Module) -> int:
+    """Parameters of `module`, a tensor shared by several layers counted once (`total` below)."""
+    return sum(p.numel() for p in module.parameters())  # parameters() yields each tensor once
+
+
 @torch.no_grad()
 def count_parameters(model: nn.Module) -> dict[str, int]:
     counts = dict.fromkeys(COUNTS, 0)

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from study.csg import generated_convs
 from study.methods import build
+from study.methods.csg import recipe
 from study.models import ArchSpec, get_arch
 
 _GENERATOR = re.compile(r"(^|\.)(CLG|CSG)\.weight$")
@@ -41,14 +42,15 @@ def translate(state: dict[str, torch.Tensor], arch: ArchSpec) -> tuple[dict[str,
     """Our state dict and the CSG arguments (None for a plain network) for an authors' state dict."""
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
     out, generator = {}, None
+    names = recipe(arch).authors_code_names
     for key, value in state.items():
         if _GENERATOR.search(key):
             if key.count(".") == 1:  # the top-level copy; per-block copies hold the same values
                 generator = value
             continue
         parent, _, leaf = key.rpartition(".")
-        if leaf in arch.authors_code_names:
-            key = f"{parent}.{arch.authors_code_names[leaf]}" if parent else arch.authors_code_names[leaf]
+        if leaf in names:
+            key = f"{parent}.{names[leaf]}" if parent else names[leaf]
         out[key] = value
     if generator is None:
         copies = [v for k, v in state.items() if _GENERATOR.search(k)]
@@ -57,7 +59,7 @@ def translate(state: dict[str, torch.Tensor], arch: ArchSpec) -> tuple[dict[str,
         return out, None
     out["csg.weight"] = generator
     rows, code_dim = generator.shape
-    k = arch.csg_kernel_size
+    k = recipe(arch).kernel_size
     slice_size = math.isqrt(rows // (k * k))
     if slice_size * slice_size * k * k != rows:
         raise CheckpointError(f"generator of shape {tuple(generator.shape)} is not S*S*{k}*{k} x d")

@@ -4,7 +4,6 @@ Every bad argument is caught before work starts and reported as one line on stde
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import json
@@ -12,56 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from study.tracking import (PROJECT, RETRY_ENV, Tracker, TrackingUnavailable, default_uri, parse_retry_seconds,
-                            unreachable)
+from study.args import Parser, UsageError, data_root, key_value, positive_int, seconds
+from study.env import PROJECT
+from study.tracking import RETRY_ENV, Tracker, TrackingUnavailable, default_uri, unreachable
 
 INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: a run stopped for a reason outside it (store away, disk full); run again
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + message; the contract wants one line
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        return parse_retry_seconds(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _key_value(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    import yaml
-
-    key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
-
-
-def _data_root(value: str | None) -> str:
-    from study.data.cifar import DataError, default_root, locate
-
-    root = value or default_root()
-    try:
-        locate(root)
-    except DataError as e:
-        raise UsageError(str(e)) from None
-    return root
 
 
 def _arch_names() -> list[str]:
@@ -79,14 +33,14 @@ def build_parser() -> Parser:
     q = sub.add_parser("params", help="parameter, size and FLOP counts of one configuration")
     q.add_argument("--arch", required=True, choices=_arch_names())
     q.add_argument("--method", default="none", choices=method_names())
-    q.add_argument("--code-dim", type=_positive_int)
-    q.add_argument("--slice", type=_positive_int)
+    q.add_argument("--code-dim", type=positive_int)
+    q.add_argument("--slice", type=positive_int)
     q.add_argument("--layout", choices=LAYOUTS)
     q.add_argument("--generator", choices=GENERATORS)
     q.add_argument("--policy", choices=("authors", "all"))
-    q.add_argument("--arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+    q.add_argument("--arg", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="another argument of the method (e.g. sparsity=0.5); repeatable")
-    q.add_argument("--target-params", type=_positive_int, help="search the method's knob to match this count")
+    q.add_argument("--target-params", type=positive_int, help="search the method's knob to match this count")
     q.add_argument("--no-flops", action="store_true", help="skip FLOP counting (faster on big models)")
     q.add_argument("--json", action="store_true")
 
@@ -112,14 +66,14 @@ def build_parser() -> Parser:
                            help="follow the grid (running here or elsewhere) until every run has ended")
             r.add_argument("--interval", type=float, default=5.0, help="seconds between looks at the store")
         if name == "run":
-            r.add_argument("--jobs", type=_positive_int, default=1)
-            r.add_argument("--threads", type=_positive_int, help="torch threads per worker (default cores/jobs)")
+            r.add_argument("--jobs", type=positive_int, default=1)
+            r.add_argument("--threads", type=positive_int, help="torch threads per worker (default cores/jobs)")
             r.add_argument("--backend", choices=("local", "dask", "slurm"), default="local")
             r.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786")
-            r.add_argument("--slurm", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+            r.add_argument("--slurm", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                            help="submitit parameters (e.g. slurm_partition=gpu, timeout_min=600, cluster=local)")
             r.add_argument("--retry-failed", action="store_true")
-            r.add_argument("--tracking-retry-seconds", type=_seconds, metavar="SECONDS",
+            r.add_argument("--tracking-retry-seconds", type=seconds, metavar="SECONDS",
                            help="how long a worker keeps retrying an unreachable tracking store before its run "
                                 f"stops, marked interrupted, to resume on the next run (default ${RETRY_ENV} or 600)")
             r.add_argument("--dry-run", action="store_true", help="list the runs and their counts, train nothing")
@@ -181,7 +135,7 @@ def cmd_evaluate_authors(a) -> dict:
     from study.authors import CheckpointError, evaluate, load_model
     from study.data.cifar import load_cifar10
 
-    root = _data_root(a.data_root)
+    root = data_root(a.data_root)
     try:
         model, meta = load_model(a.checkpoint, a.arch)
     except CheckpointError as e:

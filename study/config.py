@@ -25,7 +25,9 @@ class RunConfig:
     method: str = "none"
     # the method's own arguments (CSG: slice, code_dim, layout, generator, policy; baselines: their knob)
     method_args: dict[str, Any] = field(default_factory=dict)
-    # parameter budget: an int, or "<run name>" of another run in the same grid (resolved by the grid)
+    # parameter budget: an int; a grid file may name a configuration instead (`target_params: {method: ...,
+    # method_args: ...}`), which the grid resolves to that configuration's count before building this
+    # RunConfig.  (The annotation keeps `str`: it is part of no hash, and changing it changes nothing stored.)
     target_params: int | str | None = None
     seed: int = 0
 

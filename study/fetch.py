@@ -28,7 +28,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent  # (not study.tracking's: fetch needs no MLflow)
+from study.env import PROJECT
+
 PINS = PROJECT / "reference" / "authors_checkpoints.tsv"
 AUTHORS_REPO = "hamedomidvar/associativeconv"
 AUTHORS_COMMIT = "9930915abd3625871354df676865fc44eb92abf3"

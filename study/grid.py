@@ -33,7 +33,9 @@ from pathlib import Path
 import yaml
 
 from study.config import RunConfig
-from study.methods import BudgetError, build, get_method
+from study import methods
+from study.methods import BudgetError, get_method
+from study.methods.csg import recipe
 from study.models import get_arch
 
 GRID_KEYS = {"name", "description", "output", "defaults", "grid", "runs"}
@@ -218,16 +220,14 @@ def _check_reuse(path: Path, where: str, cfg: RunConfig, args: dict, src: RunCon
         what = "a random-binary generator" if src.method == "csg" else f"method {src.method!r}"
         raise GridError(f"{label}: generator_from {src.name!r} trains no generator to reuse ({what}); "
                         "name a CSG run with a learned generator")
-    mine = (int(args["slice"]), int(args["code_dim"]), get_arch(cfg.arch).csg_kernel_size)
-    theirs = (int(src_args["slice"]), int(src_args["code_dim"]), get_arch(src.arch).csg_kernel_size)
+    mine = (int(args["slice"]), int(args["code_dim"]), recipe(cfg.arch).kernel_size)
+    theirs = (int(src_args["slice"]), int(src_args["code_dim"]), recipe(src.arch).kernel_size)
     if mine != theirs:
         raise GridError(f"{label}: generator_from {src.name!r} has slice/code_dim/kernel {'/'.join(map(str, theirs))}, "
                         f"this run needs {'/'.join(map(str, mine))}; they must match")
 
 
 def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
-    from study import accounting
-
     unknown = set(run) - set(RunConfig.keys())
     if unknown:
         raise GridError(f"{_where(path, where)}: unknown key {sorted(unknown)[0]!r}; "
@@ -238,22 +238,17 @@ def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
     except GridError as e:
         raise GridError(f"{_where(path, where)}: {e}") from None
     try:
-        arch = get_arch(run.get("arch", RunConfig.arch))
+        arch_name = get_arch(run.get("arch", RunConfig.arch)).name
         method = get_method(run.get("method", RunConfig.method))
         method_args = method.args(dict(run.get("method_args") or {}))
         target = run.get("target_params")
         if isinstance(target, dict):  # "as many parameters as that configuration"
-            ref = get_method(target.get("method", "csg"))
-            ref_args = ref.args(dict(target.get("method_args") or {}))
-            ref_model = ref.build(arch, ref_args)
-            target = ref.counted(ref_model, arch, ref_args)
-            run["target_params"] = int(target)
+            run["target_params"] = methods.budget_of(arch_name, target.get("method", "csg"), target.get("method_args"))
         elif target is not None and (not isinstance(target, int) or target <= 0):
             raise ValueError(f"target_params must be a positive integer or a mapping naming a configuration, "
                              f"got {target!r}")
         cfg = RunConfig.from_dict({**run, "method_args": method_args})
-        model, args = build(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params)
-        count = accounting.count_parameters(method.final_model(model, args))
+        args, count = methods.plan(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params)
     except (BudgetError, ValueError, TypeError) as e:
         raise GridError(f"{_where(path, where)} ({run['name']}): {str(e).splitlines()[0]}") from None
     return cfg, args, count

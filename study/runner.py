@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from study import accounting, checkpoint, mlflow_ui
+from study import accounting, checkpoint, env, mlflow_ui
 from study.config import RunConfig
 from study.csg import generators
 from study.grid import Grid
@@ -53,7 +53,6 @@ class Job:
     checkpoint_dir: str
     threads: int
     retry_failed: bool = False
-    device: str | None = None
     git_commit: str = "unknown"  # read once by the launcher: the code it loaded, even if the tree moves on
     tracking_retry_seconds: float | None = None  # None: $STUDY_TRACKING_RETRY_SECONDS or the default
 
@@ -123,13 +122,13 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         source = tracker.find(exp, source_hash(cfg))
         if source is None or source.info.status != DONE:
             return Outcome(cfg.name, "skipped", _not_ready(cfg, source))
-    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = env.device()
     if existing is None:
         lineage = {"generator_from": cfg.method_args["generator_from"],
                    "generator_from_run_id": source.info.run_id} if source is not None else {}
         run_id = tracker.create(exp, cfg.name, {
             "config_hash": h, "grid": job.grid, "arch": cfg.arch, "method": cfg.method,
-            "git_commit": job.git_commit, "torch_version": torch.__version__, "device": _device_name(device),
+            "git_commit": job.git_commit, "torch_version": torch.__version__, "device": env.device_name(device),
             **lineage})
         method = get_method(cfg.method)
         tracker.log(run_id, params={**cfg.flat_params(), **job.resolved_args, "budget_count": method.count,
@@ -152,7 +151,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         if source is not None:
             tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id
             args = {**args, "generator_weight": reused_generator(tracker, source)}
-        result = train(cfg, job.data_root, ckpt_dir, device=job.device, on_epoch=on_epoch, resolved_args=args)
+        result = train(cfg, job.data_root, ckpt_dir, device=str(device), on_epoch=on_epoch, resolved_args=args)
         channels, *size = get_arch(cfg.arch).input_size
         size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
         counts = accounting.account(result.model, (channels, *size))
@@ -217,18 +216,6 @@ def generator_share(model: torch.nn.Module, total: int) -> dict:
     the network's total, in [0, 1]): what a frozen (random-binary or reused) generator fixes of it."""
     n = sum(g.weight.numel() for g in generators(model))
     return {"params_generator": n, "generator_share": n / total} if n and total else {}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return "cpu"
 
 
 # -- the grid -----------------------------------------------------------------------------------

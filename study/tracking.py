@@ -42,7 +42,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-PROJECT = Path(__file__).resolve().parent.parent
+from study.env import PROJECT, default_tracking_uri
+
 BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
 RETRY_ENV = "STUDY_TRACKING_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 600.0
@@ -54,8 +55,7 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store did not answer for longer than the retry bound."""
 
 
-def default_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / 'mlflow.db'}"
+default_uri = default_tracking_uri  # the one definition lives in study.env
 
 
 def parse_retry_seconds(text: str) -> float:

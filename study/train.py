@@ -18,10 +18,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from study import checkpoint
+from study import checkpoint, env
+from study.env import resolve_precision
 from study.config import RunConfig
 from study.recipe import WeightAverage, decay_groups, norm_and_bias_names
-from study.methods import build, get_method
+from study.methods import get_method, resolve
 from study.models import get_arch
 from study.tasks import get_task
 
@@ -31,22 +32,6 @@ class DivergedError(RuntimeError):
 
 
 # -- precision ----------------------------------------------------------------------------------
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
 def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     if precision == "fp32":
         return contextlib.nullcontext
@@ -147,11 +132,11 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
     it already has), then for each newly finished epoch, after that epoch is checkpointed.
     `resolved_args` are the method's arguments with any budget search already done.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = env.device(device)
     arch, method, task = get_arch(cfg.arch), get_method(cfg.method), get_task(get_arch(cfg.arch).task)
     torch.manual_seed(cfg.seed)
     if resolved_args is None:
-        _, resolved_args = build(cfg.arch, cfg.method, cfg.method_args, seed=cfg.seed, target_params=cfg.target_params)
+        resolved_args = resolve(cfg.arch, cfg.method, cfg.method_args, target_params=cfg.target_params)
         torch.manual_seed(cfg.seed)
     model = method.build(arch, resolved_args, seed=cfg.seed)
     loaders = task.loaders(cfg, data_root, device)

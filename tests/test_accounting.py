@@ -1,4 +1,4 @@
-"""Exact parameter counts (DESIGN.md's reference table, computed from the authors' code), FLOPs and size."""
+"""Exact parameter counts (the README's reference numbers, computed from the authors' code), FLOPs and size."""
 from __future__ import annotations
 
 import json

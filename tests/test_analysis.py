@@ -6,18 +6,17 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from conftest import REPO
 from analysis import figures, stats, tables
 from analysis.figures import FIGURES, pareto_front
 from analysis.load import parse_value, typed_column
 
-REPO = Path(__file__).resolve().parents[1]
 TABLES = ["main_table", "method_comparison", "paper_vs_us", "configurations", "param_breakdown"]
 
 

@@ -19,7 +19,7 @@ from baselines import lowrank as LR
 from baselines import softshare as SS
 from numerics import assert_close_fp64, assert_within_dot_bound
 
-TARGET = 176_698          # CSG 16/72 on ResNet-20 (DESIGN.md)
+TARGET = 176_698          # CSG 16/72 on ResNet-20 (README, Ground truth)
 NAMES = ["prune", "filterprune", "lowrank", "hashed", "width", "softshare"]
 ARCH = get_arch("resnet20")
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import REPO
 from study.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 GOOD_RUN = {"arch": "resnet20", "epochs": 1, "train_subset": 256, "val_size": 256, "test_subset": 256}
 
 

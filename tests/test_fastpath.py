@@ -17,7 +17,7 @@ import torchvision.transforms.functional as TF
 
 from study import checkpoint
 from study.cli import main as cli_main
-from study.csg import assemble, generated_convs, generators
+from study.csg import assemble, generated_convs, generators, materialize
 from study.data.cifar import MEAN, STD, CifarLoader, normalize
 from study.methods import build
 from study.tasks import get_task
@@ -45,16 +45,6 @@ def _calibrate_bn(model, x):
     with torch.no_grad():
         model(x)
     return model.eval()
-
-
-class _Counter:
-    def __init__(self, gen, monkeypatch):
-        self.calls, original = 0, gen.generate_all
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return original(*args, **kwargs)
-        monkeypatch.setattr(gen, "generate_all", counted)
 
 
 # -- batched generation -----------------------------------------------------------------------------
@@ -130,89 +120,71 @@ def _eval_pass(model, images, batch=64):
     return get_task("cifar10").evaluate(model, CifarLoader(x, y, batch, train=False, channels_last=True), BF16)
 
 
-def test_eval_pass_generates_once_and_follows_optimiser_steps_and_checkpoints(test_images, tmp_path, monkeypatch):
+def test_eval_pass_follows_optimiser_steps_and_checkpoints(test_images, tmp_path):
+    """On the harness's path (bf16, channels_last, the task's evaluation): a pass after an optimiser
+    step, or after a checkpoint is loaded as a resumed run loads it, sees the new values."""
     model = _calibrate_bn(_csg(), normalize(test_images[0][:128])).to(memory_format=CL)
-    (gen,) = generators(model)
-    count = _Counter(gen, monkeypatch)
-
     first = _eval_pass(model, test_images)       # 4 batches
-    assert count.calls == 1                      # one batched product for the whole pass
-    assert _eval_pass(model, test_images) == first and count.calls == 1  # nothing changed: still cached
+    assert _eval_pass(model, test_images) == first  # nothing changed: the same figures
 
-    # a training step (bf16, channels_last, as the trainer does it) regenerates once per forward
+    # a training step (bf16, channels_last, as the trainer does it)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     x = normalize(test_images[0][:32]).contiguous(memory_format=CL)
     model.train()
     with BF16():
         loss = F.cross_entropy(model(x), test_images[1][:32])
-    assert count.calls == 2
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-
     after_step = _eval_pass(model, test_images)
-    assert count.calls == 3 and after_step != first
-    gen.invalidate()
-    assert _eval_pass(model, test_images) == after_step  # the cached kernels were the fresh ones
-    assert count.calls == 4
+    assert after_step != first
+    assert _eval_pass(model, test_images) == after_step
 
-    # loading a checkpoint (through study.checkpoint, as a resumed run does) invalidates the cache
+    # loading a checkpoint (through study.checkpoint, as a resumed run does)
     other = _calibrate_bn(_csg(seed=1), normalize(test_images[0][:128])).to(memory_format=CL)
     checkpoint.save(tmp_path, 1, {"model": other.state_dict()})
     target = _eval_pass(other, test_images)
     model.load_state_dict(checkpoint.load_latest(tmp_path)["model"])
-    calls = count.calls
     assert _eval_pass(model, test_images) == target
-    assert count.calls == calls + 1
 
 
-def test_parameters_are_checked_once_per_forward_pass(monkeypatch):
-    """The model's pass hooks: one look at the parameters' versions per forward, not one per layer;
-    outside a pass every request looks; a failed forward ends its pass; a deep copy's hooks drive
-    the copy's own generator."""
+def test_a_pass_sees_changes_survives_failures_and_deep_copies():
+    """Outputs equal those of freshly generated kernels (`materialize`) after a change between passes,
+    after a forward that failed half-way, and in a deep copy; a layer called on its own gets the
+    kernel a pass uses."""
     import copy
 
     model = _csg().eval()
-    (gen,) = generators(model)
-    looks = {"n": 0}
-    original = gen._tensors_key
-
-    def counted():
-        looks["n"] += 1
-        return original()
-    monkeypatch.setattr(gen, "_tensors_key", counted)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-        assert looks["n"] == 1 and gen._pass_depth == 0
+        torch.testing.assert_close(ref, materialize(model)(x), rtol=0, atol=0)
         layers = [layer for _, layer in generated_convs(model)]
-        for layer in layers[:3]:
-            layer.kernel()
-        assert looks["n"] == 4                   # outside a pass: every request looks
+        (gen,) = generators(model)
+        for layer, kernel in zip(layers[:3], gen.generate_all()):
+            assert torch.equal(layer.kernel(), kernel)
         with pytest.raises(RuntimeError):
             model(torch.randn(2, 5, 32, 32))     # wrong channel count: the stem fails
-        assert gen._pass_depth == 0
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
         layers[0].code.add_(1.0)                 # a change between passes is seen
         changed = model(x)
+        torch.testing.assert_close(changed, materialize(model)(x), rtol=0, atol=0)
     assert not torch.allclose(changed, ref)
     clone = copy.deepcopy(model)
-    (clone_gen,) = generators(clone)
     with torch.no_grad():
         torch.testing.assert_close(clone(x), changed)
-    assert clone_gen is not gen and clone_gen._pass_depth == 0 and gen._pass_depth == 0
+        next(layer for _, layer in generated_convs(clone)).code.add_(1.0)  # the copy's own codes
+        torch.testing.assert_close(model(x), changed, rtol=0, atol=0)
 
 
-def test_memory_format_switch_reuses_the_generated_kernels(monkeypatch):
-    """A channels_last forward then a contiguous one: the same outputs, and no second generation.  The
-    two formats take different convolution kernels, so the outputs are compared in float64."""
+def test_memory_format_switch_gives_the_same_outputs():
+    """A channels_last forward then a contiguous one: the same outputs.  The two formats take
+    different convolution kernels, so the outputs are compared in float64."""
     model = _csg().double().eval()
-    (gen,) = generators(model)
-    count = _Counter(gen, monkeypatch)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         a = model.to(memory_format=CL)(x.contiguous(memory_format=CL))
         b = model(x)
-        assert count.calls == 1
         layer = next(layer for _, layer in generated_convs(model))
         assert layer.kernel(CL).is_contiguous(memory_format=CL) and layer.kernel().is_contiguous()
     assert_close_fp64(a, b, "channels_last against contiguous")

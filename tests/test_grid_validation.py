@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gridtools import DATA_ROOT, TINY, uri
+from grid_subprocess import DATA_ROOT, TINY, uri
 from study.cli import main
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,10 +14,10 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
+from conftest import REPO
 from analysis import evidence, inference, load, stats, synthetic, tables
 from analysis.reference import paper_reference
 
-REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "results" / "manifest.csv"
 HEADLINE = stats.HEADLINE
 

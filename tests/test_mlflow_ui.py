@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 from conftest import need
 
-REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")  # Debian's package
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,8 +41,6 @@ TINY_GRID = {
                  "warmup_epochs": 1, "train_subset": 384, "val_size": 128, "test_subset": 128},
     "grid": [{"method": "none"}, {"method": "csg", "method_args": {"slice": 16, "code_dim": 72}}],
 }
-
-
 
 
 def _free_port() -> int:

@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from gridtools import DATA_ROOT, TINY, uri
+from conftest import REPO
+from grid_subprocess import DATA_ROOT, TINY, uri
 from study import checkpoint, grid
 from study.cli import main
 from study.config import ADDED_LATER, RunConfig
@@ -35,7 +36,6 @@ from study.recipe import flip_tta_logits
 from study.tasks import get_task
 from study.train import autocast_for, make_optimizer, resolve_precision, train, train_step
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 RECIPE_FIELDS = {"ema_decay": None, "no_decay_norm_bias": False, "flip": "random"}  # and their defaults
 

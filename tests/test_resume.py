@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gridtools import REPO, popen_grid, run_grid, runs, uri, write_grid
+from grid_subprocess import REPO, popen_grid, run_grid, runs, uri, write_grid
 from study import checkpoint
 from study.config import RunConfig
 from study.train import train

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from gridtools import DATA_ROOT, REPO, TINY, popen_grid, run_grid, runs, study, uri
+from grid_subprocess import DATA_ROOT, REPO, TINY, popen_grid, run_grid, runs, study, uri
 from study import grid as grid_mod
 from study import runner
 from study.accounting import count_parameters

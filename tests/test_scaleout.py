@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from gridtools import DATA_ROOT, run_grid, runs, study, uri, write_grid
+from grid_subprocess import DATA_ROOT, run_grid, runs, study, uri, write_grid
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ("train_loss", "val_acc", "test_acc", "lr", "epoch_seconds")

@@ -6,12 +6,12 @@ import os
 import re
 import shlex
 import tomllib
-from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 PINNED = {"torch": "==2.14.1", "torchvision": "==0.29.1"}
 
 

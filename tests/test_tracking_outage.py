@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gridtools import DATA_ROOT, REPO, write_grid
+from grid_subprocess import DATA_ROOT, REPO, write_grid
 from study import checkpoint
 from study import grid as grid_mod
 

@@ -16,7 +16,8 @@ from study.data import imagenet as imagenet_data
 from study.data import voc as voc_data
 from study.data.cifar import DataError
 from study.tasks import TASKS, get_task
-from study.tasks_vision import (ImageNetTask, VOCTask, confusion_matrix, segmentation_scores)
+from study.tasks import ImageNetTask, VOCTask
+from study.tasks.voc import confusion_matrix, segmentation_scores
 from visiontrees import VOC_SIZES, VOC_VAL, imagenet_tree, voc_tree
 
 torch.set_num_threads(2)

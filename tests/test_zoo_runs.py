@@ -16,7 +16,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from gridtools import DATA_ROOT, uri
+from grid_subprocess import DATA_ROOT, uri
 from study.cli import main
 from test_zoo import COUNTS
 from visiontrees import imagenet_tree, voc_tree

@@ -10,7 +10,7 @@ train RandomResizedCrop(224) + horizontal flip, evaluation Resize(256) + CenterC
 normalised with the ImageNet statistics.  A run's `image_size` S (`RunConfig.image_size`, for cheap
 experiments and tests) scales both: RandomResizedCrop(S), and Resize(round(S * 256 / 224)) +
 CenterCrop(S) (`sizes`).  Random transforms draw from torch's global RNG; the loaders in
-`study/tasks_vision.py` seed it per sample, so a generator fixes them.
+`study/tasks/loading.py` seed it per sample, so a generator fixes them.
 """
 from __future__ import annotations
 

@@ -5,11 +5,14 @@ so their released state dicts load after a mechanical renaming (see `authors.py`
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from study.models.registry import ArchSpec, register
 
 
 class ShortcutA(nn.Module):
@@ -88,3 +91,10 @@ def cifar_resnet(depth: int, num_classes: int = 10, width: float = 1.0) -> Cifar
 def authors_policy(name: str, conv: nn.Conv2d) -> bool:
     """The authors convert every 3x3 conv inside the residual blocks."""
     return name.startswith("stage_")
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register(ArchSpec(
+        name=f"resnet{_depth}", build=functools.partial(cifar_resnet, _depth), task="cifar10",
+        num_classes=10, input_size=(3, 32, 32), first_conv="conv_1_3x3",
+        notes="every 3x3 conv inside the residual blocks is generated"))

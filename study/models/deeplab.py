@@ -19,7 +19,7 @@ torchvision's DeepLabV3 has no decoder: no low-level skip from layer1 (1x1 conv 
 classifier, and it upsamples the stride-8 logits bilinearly by 8.  The authors' backbone also
 uses multi-grid dilations (1, 2, 4) in layer4 and output stride 16 by default, and holds two generators (one in
 the backbone, one shared by the ASPP convs) where `study.csg.convert` shares one across the whole
-network.  The reduction numbers are recorded in the ArchSpec notes (`study/models/_more.py`).
+network.  The reduction numbers are recorded in the ArchSpec notes (below).
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 from torchvision.models import segmentation
 from torchvision.models.segmentation.deeplabv3 import DeepLabV3 as _TorchvisionDeepLabV3
+
+from study.models.registry import ArchSpec, register
 
 
 class DeepLabV3(_TorchvisionDeepLabV3):
@@ -60,3 +62,21 @@ _ASPP_ATROUS = re.compile(r"^classifier\.0\.convs\.[1-3]\.0$")
 def authors_policy(name: str, conv: nn.Conv2d) -> bool:
     """Backbone Bottleneck 3x3 convs and the ASPP 3x3 atrous convs."""
     return bool(_BACKBONE_3X3.match(name) or _ASPP_ATROUS.match(name))
+
+
+_NOTES = (
+    "torchvision DeepLabV3 (no aux head, output stride 8), forward returns out['out']; generated: the "
+    "backbone's Bottleneck 3x3 convs and ASPP's three 3x3 atrous convs (dilation kept). {counts} The "
+    "authors' DeepLabV3+ ResNet-101 goes 59,344,309 -> 26,406,325 (2.25x); it adds a decoder (low-level "
+    "skip + two 3x3 convs, kept ordinary) that torchvision's DeepLabV3 does not have, and uses two "
+    "generators (backbone, ASPP) where we share one.")
+register(ArchSpec(
+    name="deeplabv3_resnet50", build=deeplabv3_resnet50, task="voc", num_classes=21,
+    input_size=(3, 513, 513), first_conv="backbone.conv1",
+    notes=_NOTES.format(counts="19 layers; 39,638,869 params plain, 15,875,925 with CSG 16x16x3x3 / 128 "
+                               "(2.50x fewer).")))
+register(ArchSpec(
+    name="deeplabv3_resnet101", build=deeplabv3_resnet101, task="voc", num_classes=21,
+    input_size=(3, 513, 513), first_conv="backbone.conv1",
+    notes=_NOTES.format(counts="36 layers; 58,630,997 params plain, 25,398,101 with CSG 16x16x3x3 / "
+                               "128 (2.31x fewer).")))

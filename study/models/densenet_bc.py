@@ -14,12 +14,15 @@ the 1x1 bottleneck and transition convs and the classifier stay ordinary.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from study.models.registry import ArchSpec, register
 
 
 class Bottleneck(nn.Module):
@@ -91,3 +94,11 @@ _BOTTLENECK_3X3 = re.compile(r"^dense[123]\.\d+\.conv2$")
 def authors_policy(name: str, conv: nn.Conv2d) -> bool:
     """The authors generate only each bottleneck's 3x3 conv."""
     return bool(_BOTTLENECK_3X3.match(name))
+
+
+for _k, _plain, _csg in ((36, "1,542,682", "842,842"), (48, "2,733,130", "1,416,394")):
+    register(ArchSpec(
+        name=f"densenet_bc_k{_k}", build=functools.partial(densenet_bc, _k), task="cifar10",
+        num_classes=10, input_size=(3, 32, 32), first_conv="conv1",
+        notes=(f"DenseNet-BC-40, growth {_k}, authors' (kuangliu) layout; only each bottleneck's 3x3 conv "
+               f"is generated (18 layers); {_plain} params plain, {_csg} with CSG 12x12x3x3 / 72")))

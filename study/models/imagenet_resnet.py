@@ -19,6 +19,8 @@ import re
 import torch.nn as nn
 from torchvision import models
 
+from study.models.registry import ArchSpec, register
+
 
 def _check_width(width: float) -> None:
     if width != 1.0:
@@ -47,3 +49,17 @@ def resnet50_policy(name: str, conv: nn.Conv2d) -> bool:
 def resnet18_policy(name: str, conv: nn.Conv2d) -> bool:
     """Every 3x3 conv inside the residual blocks (both convs of each BasicBlock)."""
     return bool(_BASIC_3X3.match(name))
+
+
+register(ArchSpec(
+    name="imagenet_resnet18", build=imagenet_resnet18, task="imagenet", num_classes=1000,
+    input_size=(3, 224, 224), first_conv="conv1",
+    notes=("torchvision ResNet-18; no authors' model: our policy generates every 3x3 conv inside the residual "
+           "blocks (both convs of the 8 BasicBlocks, 16 layers); 11,689,512 params plain, 1,609,256 with "
+           "CSG 16x16x3x3 / 128")))
+
+register(ArchSpec(
+    name="imagenet_resnet50", build=imagenet_resnet50, task="imagenet", num_classes=1000,
+    input_size=(3, 224, 224), first_conv="conv1",
+    notes=("torchvision ResNet-50; the authors generate the 3x3 conv of each of the 16 Bottlenecks; "
+           "25,557,032 params plain, 15,163,432 with CSG 16x16x3x3 / 128")))

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from study.models.registry import ArchSpec, register
+
 # (expansion, out_planes, num_blocks, stride); the second row's stride is 1 on CIFAR (2 on ImageNet)
 CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
              (6, 320, 1, 1))
@@ -86,3 +88,10 @@ _EXPANSION = re.compile(r"^layers\.\d+\.conv1$")
 def authors_policy(name: str, conv: nn.Conv2d) -> bool:
     """The authors generate only the 1x1 expansion conv of every block."""
     return bool(_EXPANSION.match(name))
+
+
+register(ArchSpec(
+    name="mobilenetv2", build=mobilenetv2, task="cifar10", num_classes=10, input_size=(3, 32, 32),
+    first_conv="conv1",
+    notes=("MobileNetV2 with CIFAR strides (kuangliu layout); only the 1x1 expansion conv of each of the 17 "
+           "blocks is generated, 1x1 slices; 2,296,922 params plain, 1,595,322 with CSG 16x16x1x1 / 16")))

@@ -10,9 +10,13 @@ generated, with 1x1 slices.  The authors' checkpoint stores its codes at the top
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from study.models.registry import ArchSpec, register
 
 CONFIGS = {  # net size -> (stage output channels + head channels, basic blocks per stage)
     0.5: ((48, 96, 192, 1024), (3, 7, 3)),
@@ -110,3 +114,11 @@ def shufflenetv2(net_size: float = 0.5, num_classes: int = 10, width: float = 1.
 def authors_policy(name: str, conv: nn.Conv2d) -> bool:
     """The authors generate only the final 1x1 conv before the classifier."""
     return name == "conv2"
+
+
+register(ArchSpec(
+    name="shufflenetv2_0_5", build=functools.partial(shufflenetv2, 0.5), task="cifar10", num_classes=10,
+    input_size=(3, 32, 32), first_conv="conv1",
+    notes=("ShuffleNetV2 net size 0.5 (kuangliu layout); only the final 1x1 conv 192->1024 is generated, "
+           "1x1 slices, codes stored at top level as `code2` by the authors; 352,042 params plain, "
+           "171,818 with CSG 16x16x1x1 / 16")))

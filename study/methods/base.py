@@ -1,8 +1,14 @@
-"""One interface over every way of building a (compressed) network: plain, CSG and the baselines.
+"""One interface over every way of building a (compressed) network, the registry and the budget search.
 
 A `Method` turns an architecture plus its own arguments into a model, may reshape the model during
 training (pruning schedules, decomposition), and can search its own knob so that a parameter count
-lands on a target.  The baselines in `baselines/` implement the same interface and register here.
+lands on a target.
+
+Registration: a method's module decorates its class with `register`.  The core's own methods
+(`plain`, `csg`) are imported by `study.methods`; every other one (the project's `baselines/`, or a
+third party's) is found through the `study.methods` entry-point group of its installed package
+(`[project.entry-points."study.methods"]` in its pyproject.toml), loaded the first time a name is
+looked up.  The core never imports a plugin by name.
 """
 from __future__ import annotations
 
@@ -11,7 +17,6 @@ from typing import Any, ClassVar
 import torch.nn as nn
 
 from study import accounting
-from study.csg import CSGSpec, all_eligible, convert
 from study.models import ArchSpec, get_arch
 
 
@@ -77,6 +82,8 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+PLUGIN_GROUP = "study.methods"  # entry points: each loads a module that registers its methods
+_plugins_loaded = False
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -85,84 +92,60 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def load_plugins() -> None:
+    """Import every module named in the installed `study.methods` entry points (once per process)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()
+
+
 def get_method(name: str) -> Method:
-    _load_baselines()
+    if name not in METHODS:
+        load_plugins()
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())}") from None
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())} (a method of another "
+                         f"package registers through its {PLUGIN_GROUP!r} entry point: reinstall it, "
+                         "e.g. pip install -e .)") from None
 
 
 def method_names() -> list[str]:
-    _load_baselines()
+    load_plugins()
     return list(METHODS)
 
 
-def _load_baselines():
-    import baselines  # noqa: F401  (registers the baseline methods on import)
+# -- budgets: the one place a parameter target is resolved ------------------------------------------
+def budget_of(arch_name: str, method_name: str, args: dict | None = None) -> int:
+    """The count a configuration's budget is matched on (CSG: `stored`): what a grid's
+    `target_params: {method: ..., method_args: ...}` means."""
+    arch, method = get_arch(arch_name), get_method(method_name)
+    args = method.args(dict(args or {}))
+    return int(method.counted(method.build(arch, args), arch, args))
 
 
-@register
-class Plain(Method):
-    name = "none"
-
-    def build(self, arch, args, seed=0):
-        return arch.build(num_classes=arch.num_classes)
-
-
-@register
-class CSG(Method):
-    name = "csg"
-    knob = "code_dim"
-    count = "stored"  # a random-binary generator is regenerated from its seed, never stored
-    defaults = {"slice": 16, "code_dim": 72, "layout": "contiguous", "generator": "learned", "policy": "authors"}
-
-    def spec(self, arch: ArchSpec, args: dict, seed: int = 0) -> CSGSpec:
-        return CSGSpec(slice=int(args["slice"]), code_dim=int(args["code_dim"]), kernel_size=arch.csg_kernel_size,
-                       layout=args["layout"], generator=args["generator"], init=arch.csg_init,
-                       code_mean=arch.code_mean, seed=seed)
-
-    # `generator: reuse` freezes the trained generator of another run of the same grid in this network.
-    # `generator_from` names that run; the grid adds its config hash (`generator_from_hash`), so that
-    # another source makes another run, and the runner hands `build` the source's final weight as
-    # `generator_weight` (a tensor, never a grid argument).  Neither key is a default: the hashes of
-    # runs without reuse stay what they were.
-    REUSE_KEYS = ("generator_from", "generator_from_hash")
-
-    def args(self, given):
-        reuse = {k: given[k] for k in self.REUSE_KEYS if k in given}
-        args = super().args({k: v for k, v in given.items() if k not in reuse})
-        if args["policy"] not in ("authors", "all"):
-            raise ValueError(f"policy must be 'authors' or 'all', got {args['policy']!r}")
-        if reuse and args["generator"] != "reuse":
-            raise ValueError(f"{sorted(reuse)[0]} only applies to generator: reuse")
-        return {**args, **reuse}
-
-    def build(self, arch, args, seed=0):
-        model = arch.build(num_classes=arch.num_classes)
-        policy = arch.authors_policy if args["policy"] == "authors" else all_eligible(arch.first_conv)
-        model = convert(model, self.spec(arch, args, seed), policy)
-        if args.get("generator_weight") is not None:  # generator: reuse, inside a run (study/runner.py)
-            model.csg.load_reused(args["generator_weight"])
-        return model
-
-    def search(self, arch, args, target):
-        # The count grows linearly in code_dim, so two probes give it exactly; round to the nearest.
-        def count(d):
-            return self.counted(self.build(arch, {**args, "code_dim": d}), arch, args)
-        c1, c2 = count(1), count(2)
-        d = max(1, round(1 + (target - c1) / (c2 - c1)))
-        if abs(count(d) - target) > self.tolerance * target:
-            raise BudgetError(f"csg: target {target} is not reachable within {self.tolerance:.0%}; "
-                              f"smallest reachable count is {c1} (code_dim=1)")
-        return {**args, "code_dim": d}
+def resolve(arch_name: str, method_name: str, args: dict | None = None, target_params: int | None = None) -> dict:
+    """The method's arguments with its defaults filled in and, with `target_params`, its knob searched."""
+    arch, method = get_arch(arch_name), get_method(method_name)
+    args = method.args(dict(args or {}))
+    return method.search(arch, args, int(target_params)) if target_params is not None else args
 
 
 def build(arch_name: str, method_name: str = "none", args: dict | None = None, seed: int = 0,
           target_params: int | None = None) -> tuple[nn.Module, dict]:
     """Build a model; with `target_params` the method's knob is searched first.  Returns (model, args)."""
-    arch, method = get_arch(arch_name), get_method(method_name)
-    args = method.args(dict(args or {}))
-    if target_params is not None:
-        args = method.search(arch, args, int(target_params))
-    return method.build(arch, args, seed=seed), args
+    args = resolve(arch_name, method_name, args, target_params)
+    return get_method(method_name).build(get_arch(arch_name), args, seed=seed), args
+
+
+def plan(arch_name: str, method_name: str, args: dict | None = None, seed: int = 0,
+         target_params: int | None = None) -> tuple[dict, dict[str, int]]:
+    """(resolved args, accounting counts of the network as training will end it): what a grid
+    needs to know of a run before any training."""
+    model, args = build(arch_name, method_name, args, seed=seed, target_params=target_params)
+    return args, accounting.count_parameters(get_method(method_name).final_model(model, args))

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import REPO
 from study.authors import evaluate, load_model, read
 from study.csg import generated_convs
 
 torch.set_num_threads(2)
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 AUTHORS = SHARED / "pretrained" / "authors"
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from gridtools import DATA_ROOT, TINY, runs, uri
+from grid_subprocess import DATA_ROOT, TINY, runs, uri
 from study import checkpoint
 from study import grid as grid_mod
 from study.cli import main

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 
 TINY = {  # real CIFAR-10, a few seconds an epoch
     "arch": "resnet20", "epochs": 3, "batch_size": 64, "lr": 0.1, "schedule": "onecycle",

@@ -1,0 +1,145 @@
+"""Seconds per epoch: the harness's training loop (its own `train_step` over a `CifarLoader`) against a
+reference loop in the authors' style (PIL transforms per image, a 2-worker `DataLoader`, fp32, NCHW),
+on the same real CIFAR-10 images with the same plain model.  The reference loop is deliberately not
+the trainer's step: it is what the harness is compared with.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+from study.bench.throughput import recipe_config
+
+EPOCH_IMAGES = 45_000  # the training split: 50,000 minus the 5,000 held out for validation
+
+
+class ReferenceCifar:
+    """What the authors' loader does per image: torchvision's `CIFAR10.__getitem__` over HWC uint8."""
+
+    def __init__(self, x_chw, y, transform):
+        self.data = x_chw.permute(0, 2, 3, 1).contiguous().numpy()  # torchvision keeps [N, H, W, C]
+        self.targets = y.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def reference_transform():
+    import torchvision.transforms as T
+
+    from study.data.cifar import MEAN, STD
+    return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def _timed_epoch(loader, step, images: int) -> dict:
+    """Run `step(x, y)` over `loader`; startup = until the first batch is there."""
+    t0 = time.perf_counter()
+    seen, first = 0, None
+    for x, y in loader:
+        if first is None:
+            first = time.perf_counter()
+        step(x, y)
+        seen += len(y)
+    end = time.perf_counter()
+    startup, steady = first - t0, end - first
+    return {"images": seen, "measured_seconds": round(end - t0, 3), "startup_seconds": round(startup, 3),
+            "epoch_seconds": round(startup + steady / seen * EPOCH_IMAGES, 2)}
+
+
+def epoch_comparison(a, precision: str, data) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from study.data.cifar import CifarLoader
+    from study.methods import build
+    from study.train import autocast_for, make_optimizer
+
+    n = min(a.reference_epoch_images, len(data.train_y))
+    x_all, y_all = data.train_x[:n], data.train_y[:n]
+    cfg = dataclasses.replace(recipe_config(a.batch_size), arch=a.epoch_arch)
+    steps_per_epoch = -(-n // a.batch_size)
+
+    def model_and_opt(channels_last: bool):
+        torch.manual_seed(0)
+        model, _ = build(a.epoch_arch, "none")
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        opt, sched = make_optimizer(model, cfg, steps_per_epoch, 0)
+        return model, opt, sched
+
+    def warm(model, opt, channels_last, autocast):  # untimed, the trainer's step: create oneDNN primitives first
+        from study.tasks import get_task
+        from study.train import train_step
+
+        x = torch.randn(a.batch_size, 3, 32, 32)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.zeros(a.batch_size, dtype=torch.long)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # leaves the timed loop's schedule alone
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        for _ in range(max(1, a.warmup)):
+            train_step(model, x, y, opt, sched, scaler, get_task("cifar10"), cfg, autocast)
+
+    def harness(prec: str, channels_last: bool) -> dict:
+        """study.train's inner loop: its own `train_step` over a `CifarLoader`."""
+        from study.tasks import get_task
+        from study.train import train_step
+
+        autocast = autocast_for(prec, torch.device("cpu"))
+        model, opt, sched = model_and_opt(channels_last)
+        warm(model, opt, channels_last, autocast)
+        loader = CifarLoader(x_all, y_all, a.batch_size, train=True, seed=0, channels_last=channels_last)
+        scaler, task = torch.amp.GradScaler("cpu", enabled=False), get_task("cifar10")
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+
+        def step(x, y):
+            nonlocal loss_sum, correct
+            loss, out = train_step(model, x, y, opt, sched, scaler, task, cfg, autocast)
+            loss_sum += loss.float() * len(y)
+            correct += (out.argmax(1) == y).sum()
+        result = _timed_epoch(loader, step, n)
+        float(loss_sum), int(correct)
+        return {**result, "precision": prec, "channels_last": channels_last, "loader": "CifarLoader"}
+
+    def reference() -> dict:
+        """The authors' style: PIL transforms per image, DataLoader(2 workers), fp32, .item() per step."""
+        model, opt, _ = model_and_opt(False)
+        warm(model, opt, False, contextlib.nullcontext)
+        dataset = ReferenceCifar(x_all, y_all, reference_transform())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=a.batch_size, shuffle=True, num_workers=2,
+                                             generator=torch.Generator().manual_seed(0))
+        stats = {"loss": 0.0, "correct": 0}
+
+        def step(x, y):
+            opt.zero_grad()
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            opt.step()
+            stats["loss"] += loss.item()
+            stats["correct"] += out.max(1)[1].eq(y).sum().item()
+        result = _timed_epoch(loader, step, n)
+        return {**result, "precision": "fp32", "channels_last": False,
+                "loader": "DataLoader(num_workers=2) over PIL images with torchvision transforms"}
+
+    ours = harness(precision, True)
+    ref = reference()
+    fp32 = harness("fp32", False) if precision != "fp32" else None
+    out = {"arch": a.epoch_arch, "images_timed": n, "scaled_to_images": EPOCH_IMAGES,
+           "scaling": "epoch_seconds = startup_seconds + (measured - startup) / images_timed * 45000",
+           "evaluation_included": False, "harness": ours, "reference": ref}
+    if fp32 is not None:
+        out["harness_fp32_nchw"] = fp32
+        out["data_path_speedup"] = round(ref["epoch_seconds"] / fp32["epoch_seconds"], 3)
+        out["precision_speedup"] = round(fp32["epoch_seconds"] / ours["epoch_seconds"], 3)
+    return out
+
+

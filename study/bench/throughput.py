@@ -1,0 +1,106 @@
+"""Images per second, training steps and evaluation batches, plain against CSG, models interleaved.
+
+Every timed training step is `study.train.train_step`, the trainer's own, with the fast recipe's
+optimiser and loss.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+from study.bench.labels import label
+
+
+def recipe_config(batch_size: int):
+    """The settings a timed step trains with: the fast recipe's optimiser and loss (configs/fast91.yaml)."""
+    from study.config import RunConfig
+
+    return RunConfig(arch="resnet20", epochs=1, batch_size=batch_size, lr=0.2, nesterov=True, schedule="onecycle",
+                     label_smoothing=0.1, no_decay_norm_bias=True)
+
+
+def _make_step(model, forward, x, y, autocast, cfg):
+    """One call = one `study.train.train_step` (the trainer's own step) on the fixed batch."""
+    import torch
+
+    from study.tasks import get_task
+    from study.train import make_optimizer, train_step
+
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch=10 ** 6, steps_done=0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    task = get_task("cifar10")
+
+    def step():
+        return train_step(forward, x, y, opt, sched, scaler, task, cfg, autocast)
+    return step
+
+
+def _make_eval(model, x, autocast):
+    import torch
+
+    def batch():
+        with torch.no_grad(), autocast():
+            return model(x).float()
+    return batch
+
+
+def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str) -> list[dict]:
+    import torch
+
+    from study import accounting
+    from study.methods import build
+    from study.train import autocast_for
+
+    autocast = autocast_for(precision, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.batch_size, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (a.batch_size,), generator=g)
+    cfg = recipe_config(a.batch_size)
+    compiled = mode == "compile"
+    entries = []
+    for method, args in [("none", {})] + [("csg", c) for c in configs]:
+        torch.manual_seed(0)
+        model, _ = build(arch_name, method, args)
+        model = model.to(memory_format=torch.channels_last)
+        forward = torch.compile(model) if compiled else model
+        entries.append({"model": model, "step": _make_step(model, forward, x, y, autocast, cfg),
+                        "eval": _make_eval(forward, x, autocast), "train": [], "infer": [],
+                        "label": "plain" if method == "none" else label(args), "args": args,
+                        "params": accounting.count_parameters(model)})
+    for e in entries:  # warm-up: oneDNN primitives, allocator, autocast caches (and compilation)
+        e["model"].train()
+        for _ in range(max(a.warmup, 2 if compiled else 0)):
+            e["step"]()
+        e["model"].eval()
+        for _ in range(max(a.warmup, 2 if compiled else 0)):
+            e["eval"]()
+    n = a.batch_size * a.steps
+    for _ in range(a.repeats):  # every model's training steps, then every model's evaluation batches
+        for training, call, rates in ((True, "step", "train"), (False, "eval", "infer")):
+            for e in entries:
+                e["model"].train(training)
+                t = time.perf_counter()
+                for _ in range(a.steps):
+                    e[call]()
+                e[rates].append(n / (time.perf_counter() - t))
+    plain = entries[0]
+    out = []
+    for e in entries:
+        row = {"arch": arch_name, "config": e["label"], "mode": mode, "method": "none" if e is plain else "csg",
+               **({k: e["args"][k] for k in ("slice", "code_dim", "layout")} if e is not plain else {}),
+               "params_total": e["params"]["total"],
+               "train_images_per_s": round(statistics.median(e["train"]), 1),
+               "eval_images_per_s": round(statistics.median(e["infer"]), 1),
+               "train_images_per_s_repeats": [round(v, 1) for v in e["train"]],
+               "eval_images_per_s_repeats": [round(v, 1) for v in e["infer"]]}
+        if e is not plain:
+            row["train_over_plain"] = round(statistics.median(c / p for c, p in zip(e["train"], plain["train"])), 4)
+            row["eval_over_plain"] = round(statistics.median(c / p for c, p in zip(e["infer"], plain["infer"])), 4)
+            # best repeat against best repeat: the usual estimator when other processes interfere
+            # (they only ever slow a repeat down); a cross-check of the medians, not a replacement
+            row["train_over_plain_best"] = round(max(e["train"]) / max(plain["train"]), 4)
+            row["eval_over_plain_best"] = round(max(e["infer"]) / max(plain["infer"]), 4)
+        out.append(row)
+    return out
+
+
