@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from study.config import RunConfig
+from study.schema import CSG_DEFAULTS, CSG_LABEL_DEFAULTS, PLAIN
 from study.methods import BudgetError, build, get_method
 from study.models import get_arch
 
@@ -77,10 +78,10 @@ def _expand(block: dict) -> list[dict]:
 def default_name(run: dict) -> str:
     method, args = run.get("method", "none"), run.get("method_args", {}) or {}
     if method == "csg":
-        tag = f"csg{args.get('slice', 16)}x{args.get('code_dim', 72)}"
+        tag = f"csg{args.get('slice', CSG_DEFAULTS['slice'])}x{args.get('code_dim', CSG_DEFAULTS['code_dim'])}"
         tag += "".join(f"-{v}" for k, v in sorted(args.items())
-                       if k in ("layout", "generator", "policy") and v not in ("contiguous", "learned", "authors"))
-    elif method == "none":
+                       if k in CSG_LABEL_DEFAULTS and v != CSG_LABEL_DEFAULTS[k])
+    elif method == PLAIN:
         tag = "plain"
     else:
         tag = method + "".join(f"-{k}{v}" for k, v in sorted(args.items()))

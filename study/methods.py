@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch.nn as nn
 
-from study import accounting
+from study import accounting, schema
 from study.csg import CSGSpec, all_eligible, convert
 from study.models import ArchSpec, get_arch
 
@@ -115,7 +115,7 @@ class CSG(Method):
     name = "csg"
     knob = "code_dim"
     count = "stored"  # a random-binary generator is regenerated from its seed, never stored
-    defaults = {"slice": 16, "code_dim": 72, "layout": "contiguous", "generator": "learned", "policy": "authors"}
+    defaults = dict(schema.CSG_DEFAULTS)
 
     def spec(self, arch: ArchSpec, args: dict, seed: int = 0) -> CSGSpec:
         return CSGSpec(slice=int(args["slice"]), code_dim=int(args["code_dim"]), kernel_size=arch.csg_kernel_size,

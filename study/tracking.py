@@ -42,6 +42,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from study import schema
+
 PROJECT = Path(__file__).resolve().parent.parent
 BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
 RETRY_ENV = "STUDY_TRACKING_RETRY_SECONDS"
@@ -238,9 +240,7 @@ class Tracker:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the embedded store, not in cwd
-            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+        location = schema.artifact_location(self.uri, name)  # an embedded store's: beside it, not in cwd
         try:
             return client.create_experiment(name, artifact_location=location)
         except MlflowException as e:  # another worker created it first
