@@ -154,7 +154,13 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         if not described:  # the breakdown and the labels, before training: an interrupted run has them too
             labels, counts = metadata.at_start(params)
             tracker.log(run_id, tags=labels)
-            tracker.log(run_id, counts(), step=0)
+            try:
+                breakdown = counts()
+            except Exception as e:  # noqa: BLE001  (bookkeeping: never fail a run over it; the report names it)
+                log.warning("run %s: no parameter breakdown: %s", cfg.name, e)
+                breakdown = {}
+            if breakdown:
+                tracker.log(run_id, breakdown, step=0)
         args = job.resolved_args
         if source is not None:
             tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id
