@@ -30,6 +30,8 @@ JOBS="${JOBS:-$([ "$(nproc)" -ge 2 ] && echo 2 || echo 1)}"
 python -m study run "configs/$PROFILE.yaml" --jobs "$JOBS"   # live progress on stderr
 grid_status=$?
 [ $grid_status = 2 ] && exit 2   # bad input: nothing ran
+# runs logged by older code (a store that outlived an upgrade) get the breakdown and labels the report reads
+python -m study backfill-metadata --experiment "$PROFILE" || exit $?
 python -m analysis report --experiment "$PROFILE" --out "results/$PROFILE" || exit $?
 
 cat <<MSG

@@ -158,7 +158,7 @@ def experiment_urls(uri: str, port: int) -> list[tuple[str, str]]:
     """For each experiment of the store, the URL of its run table in MLflow's training view with the
     study's columns (MLflow 3.17 takes both from the URL; see `study.mlflow_ui`)."""
     from analysis.load import _client
-    from study.mlflow_ui import describe_experiment, ui_path
+    from study.schema import describe_experiment, ui_path
 
     try:
         client = _client(uri)

@@ -1,11 +1,14 @@
 """MLflow runs -> pandas: one tidy row per run, and a long frame of per-epoch metrics.
 
-The training code logs (see `study/tracking.py`):
+The training code logs (the names are `study.schema`'s, the only module of `study` read here):
 - params: every `RunConfig` field, flattened, with the method's own arguments beside them, plus
   `budget_count`, `knob` and `precision_used`;
-- per-epoch metrics (step = epoch, 1-based) and final single-value metrics;
+- per-epoch metrics (step = epoch, 1-based), final single-value metrics, and, at run start, the
+  parameter breakdown by role (`breakdown_*`);
 - tags: `config_hash`, `git_commit`, `device`, `torch_version`, `precision`, `grid`, `arch`, `method`,
-  and `failure_reason` on failure.
+  `failure_reason` on failure, and the labels: `config_keys` (which params are config fields),
+  `method_label`, `variant`, `variant_name`.  Runs logged before the labels and the breakdown existed
+  get them from `python -m study backfill-metadata`.
 
 Params arrive as strings; they are parsed back into ints, floats and bools column by column.  Runs
 that share every config value except the seed form one *group* (a configuration); statistics are
@@ -28,29 +31,22 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 
-ARCH_ORDER = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "densenet_bc_k36", "densenet_bc_k48",
-              "mobilenetv2", "shufflenetv2_0_5", "imagenet_resnet18", "imagenet_resnet50", "deeplabv3_resnet50",
-              "deeplabv3_resnet101"]
-METHOD_ORDER = ["none", "csg", "prune", "filterprune", "lowrank", "hashed", "width", "softshare", "hypernet"]
-METHOD_LABEL = {"none": "plain", "csg": "CSG", "prune": "pruning", "filterprune": "filter pruning",
-                "lowrank": "low-rank", "hashed": "HashedNets", "width": "width scaling", "softshare": "soft sharing",
-                "hypernet": "HyperNetwork"}
+from study.schema import (ARCH_ORDER, BREAKDOWN_METRICS, CONFIG_KEYS_TAG, CSG_LABEL_DEFAULTS,  # noqa: F401
+                          DERIVED_PARAMS, EPOCH_METRICS, FINAL_METRICS, MANIFEST_EXTRA, METHOD_LABEL,
+                          METHOD_LABEL_TAG, METHOD_ORDER, VARIANT_NAME_TAG, VARIANT_TAG, args_from_variant,
+                          method_label, parse_value)
+from study import schema
 
-# params the harness adds beside the config; they describe the run, they are not the method's arguments
-DERIVED_PARAMS = ["budget_count", "knob", "precision_used"]
 # never part of a configuration's identity: the seed varies within a group, the rest is bookkeeping
 NOT_IN_GROUP = {"seed", "name", "precision_used", "workers"}
 # config fields that describe the training protocol (what must match for two methods to be compared)
 NOT_PROTOCOL = {"arch", "method", "method_args", "target_params", "seed", "name", "workers", "compile",
                 "channels_last", "precision"}
 
-EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "epoch_seconds"]
-FINAL_METRICS = ["final_test_acc", "final_val_acc", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
-                 "best_test_acc", "best_test_epoch", "params_total", "params_trainable", "params_frozen",
-                 "params_stored", "params_nonzero", "bytes_on_disk", "bytes_sparse", "bytes_sparse_index", "flops",
-                 "macs", "kernel_gen_flops", "train_seconds"]
 TAGS = ["config_hash", "git_commit", "device", "torch_version", "precision", "grid", "arch", "method",
         "failure_reason"]
+# the config fields a manifest.csv lists (in `RunConfig`'s order), for a report regenerated from one
+MANIFEST_CONFIG = ["arch", "method", "target_params", "seed", "epochs"]
 STATUSES = ["FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"]
 
 
@@ -58,10 +54,14 @@ class AnalysisError(ValueError):
     """A problem with the user's arguments or store: reported as one line, exit status 2."""
 
 
-def config_keys() -> list[str]:
-    from study.config import RunConfig
-
-    return RunConfig.keys()
+def config_keys(tagged: list) -> list[str]:
+    """The config fields, in field order, from the runs' `config_keys` tags (JSON lists; None where a
+    run has none): the longest list first, then what the others add."""
+    lists = sorted((json.loads(t) for t in tagged if t), key=len, reverse=True)
+    out: list[str] = []
+    for keys in lists:
+        out += [k for k in keys if k not in out]
+    return out
 
 
 def default_tracking_uri() -> str:
@@ -96,32 +96,7 @@ def logged_to(exps, names: set[str], uri: str) -> str:
     return sources.pop() if len(sources) == 1 and None not in sources else uri
 
 
-# -- parsing params back into types ---------------------------------------------------------------
-_INT = re.compile(r"^[+-]?\d+$")
-_NULL = {"", "None", "none", "null", "NULL", "nan", "NaN"}
-
-
-def parse_value(text):
-    """'3' -> 3, '0.05' -> 0.05, 'True' -> True, 'None' -> None; anything else stays a string."""
-    if text is None or (isinstance(text, float) and np.isnan(text)):
-        return None
-    if not isinstance(text, str):
-        return text
-    s = text.strip()
-    if s in _NULL:
-        return None
-    if s in ("True", "true"):
-        return True
-    if s in ("False", "false"):
-        return False
-    if _INT.match(s):
-        return int(s)
-    try:
-        return float(s)
-    except ValueError:
-        return text
-
-
+# -- parsing params back into types (`study.schema.parse_value`) ----------------------------------
 def typed_column(values: list) -> pd.Series:
     """One column of raw param strings -> the narrowest dtype every present value fits."""
     parsed = [parse_value(v) for v in values]
@@ -159,6 +134,7 @@ class Runs:
     runs: pd.DataFrame                     # one row per run, every status
     epochs: pd.DataFrame                   # long: run_id, metric, epoch, value
     param_columns: list[str] = field(default_factory=list)
+    config_columns: list[str] = field(default_factory=list)  # the config fields among them, in field order
     method_arg_columns: list[str] = field(default_factory=list)
     duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished runs superseded by a later one
     manifest: str = ""                     # the manifest.csv the runs were read from (`from_manifest`), if any
@@ -241,12 +217,18 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
         where = f"experiment {experiment!r}" if experiment else f"the store {uri}"
         raise AnalysisError(f"no runs in {where}")
 
-    cfg_keys = set(config_keys())
+    tagged = [r.data.tags.get(CONFIG_KEYS_TAG) for r in raw]
+    cfg_order = config_keys(tagged)
+    if not cfg_order:
+        raise AnalysisError(f"the runs in {uri} were logged before runs carried their labels and parameter "
+                            f"breakdown: add them with `python -m study backfill-metadata --tracking-uri {uri}`")
+    cfg_keys = set(cfg_order)
     rows, params_per_run = [], []
     for r in raw:
         p = dict(r.data.params)
         params_per_run.append(p)
         tags = r.data.tags
+        own = set(json.loads(tags[CONFIG_KEYS_TAG])) if tags.get(CONFIG_KEYS_TAG) else cfg_keys
         row = {
             "run_id": r.info.run_id,
             "experiment": by_id.get(r.info.experiment_id, r.info.experiment_id),
@@ -254,7 +236,9 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
             "status": r.info.status,
             "start_time": r.info.start_time,
             "end_time": r.info.end_time,
-            "method_args": json.dumps(sorted(k for k in p if k not in cfg_keys and k not in DERIVED_PARAMS)),
+            "method_args": json.dumps(schema.method_arg_keys(p, own)),
+            **{f"tag_{t}": tags.get(t) for t in (METHOD_LABEL_TAG, VARIANT_TAG)},
+            VARIANT_NAME_TAG: tags.get(VARIANT_NAME_TAG, ""),
         }
         for t in TAGS:
             if t in ("arch", "method", "precision"):
@@ -294,8 +278,10 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
     # the same configuration at another training length: how a gap changes with the length is a contrast
     runs["across_lengths"] = [_group_key({k: v for k, v in p.items() if k != "epochs"}, name_to_key)
                               for p in params_per_run]
-    runs["method_label"] = runs["method"].map(lambda m: METHOD_LABEL.get(m, str(m)))
-    runs["variant"] = [variant_label(row, json.loads(row["method_args"])) for _, row in runs.iterrows()]
+    runs["method_label"] = [t or method_label(m) for t, m in zip(runs[f"tag_{METHOD_LABEL_TAG}"], runs["method"])]
+    runs["variant"] = [row[f"tag_{VARIANT_TAG}"] or variant_label(row, json.loads(row["method_args"]))
+                       for _, row in runs.iterrows()]
+    runs = runs.drop(columns=[f"tag_{METHOD_LABEL_TAG}", f"tag_{VARIANT_TAG}"])
     runs["epochs_completed"] = np.nan
 
     # a configuration and seed run twice (a re-run grid): the latest FINISHED run counts
@@ -312,39 +298,44 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
         runs["epochs_completed"] = runs["run_id"].map(done)
     names = set(runs["experiment"])
     return Runs(tracking_uri=logged_to(exps, names, uri), experiments=sorted(names), runs=runs, epochs=epochs,
-                param_columns=param_cols, method_arg_columns=method_arg_cols,
-                duplicates=runs[runs["superseded"]])
+                param_columns=param_cols, config_columns=[k for k in cfg_order if k in param_cols],
+                method_arg_columns=method_arg_cols, duplicates=runs[runs["superseded"]])
 
 
 def from_manifest(path: str | Path) -> Runs:
     """The runs as a `manifest.csv` (written by `python -m analysis report`) lists them, without the store.
 
-    The manifest holds each run's identity, status, seed, final metrics and parameter counts, not its
-    training settings or per-epoch metrics.  What the analysis needs beyond that is recovered, and
+    The manifest holds each run's identity, status, seed, final metrics, parameter counts and
+    breakdown, the count its budget was matched on and its knob, not its training settings or
+    per-epoch metrics (an older manifest gets the columns it lacks from `python -m study
+    backfill-metadata --manifest CSV`).  What the analysis needs beyond that is recovered, and
     nothing else is invented:
-    - the method's arguments from the variant label (`args_from_variant`), and the count its budget
-      was matched on from the method's own declaration (`study.methods`);
+    - the method's arguments from the variant label (`args_from_variant`);
     - the training length from `epochs_completed`: a FINISHED run completed every epoch it was
       configured for;
     - the protocol: runs of one experiment with the same training length are taken to share one (a
       grid file's defaults apply to all of its runs), stated in the report.
     """
-    from study.methods import get_method
-
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"no manifest at {path}")
     try:
         m = pd.read_csv(path, dtype={"run_id": str, "config_hash": str, "group": str, "variant": str,
-                                     "failure_reason": str})
+                                     "failure_reason": str, "knob": str, VARIANT_NAME_TAG: str})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise AnalysisError(f"cannot read the manifest {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
     missing = {"experiment", "run_name", "group", "status", "arch", "method", "variant", "seed"} - set(m.columns)
     if missing or m.empty:
         raise AnalysisError(f"{path} is not a manifest of runs (missing columns: {', '.join(sorted(missing)) or 'none'}"
                             f"{'; no rows' if m.empty else ''})")
+    lacking = [c for c in MANIFEST_EXTRA if c not in m.columns]
+    if lacking:
+        raise AnalysisError(f"{path} predates the columns {', '.join(lacking)}; add them with "
+                            f"`python -m study backfill-metadata --manifest {path}`")
     runs = m.copy()
     runs["failure_reason"] = runs["failure_reason"].fillna("")
+    runs[VARIANT_NAME_TAG] = runs[VARIANT_NAME_TAG].fillna("")
+    runs["knob"] = [None if pd.isna(k) or k == "" else k for k in runs["knob"]]
     runs["superseded"] = runs["superseded"].astype(str).eq("True")
     runs["seed"] = typed_column([None if pd.isna(v) else str(int(v)) for v in runs["seed"]]).values
     runs["variant"] = runs["variant"].fillna("-")
@@ -353,10 +344,8 @@ def from_manifest(path: str | Path) -> Runs:
     for k in arg_cols + ["target_params"]:
         runs[k] = typed_column([a.get(k) for a in args]).values
     runs["method_args"] = [json.dumps(sorted(k for k in a if k != "target_params")) for a in args]
-    runs["budget_count"] = [get_method(me).count for me in runs["method"]]  # as the runner logs them
-    runs["knob"] = [get_method(me).knob for me in runs["method"]]
     runs["epochs"] = runs["epochs_completed"].where(runs["status"] == "FINISHED").astype("Int64")
-    runs["method_label"] = runs["method"].map(lambda me: METHOD_LABEL.get(me, str(me)))
+    runs["method_label"] = runs["method"].map(method_label)
     runs["protocol"] = [_group_key({"experiment": e, "epochs": str(n)}) for e, n in zip(runs["experiment"], runs["epochs"])]
     runs["across_lengths"] = [_group_key({"experiment": e, "arch": a, "method": me, "variant": v})
                               for e, a, me, v in zip(runs["experiment"], runs["arch"], runs["method"], runs["variant"])]
@@ -367,7 +356,7 @@ def from_manifest(path: str | Path) -> Runs:
                 epochs=pd.DataFrame(columns=["run_id", "metric", "epoch", "value"]),
                 param_columns=sorted(["arch", "method", "seed", "epochs", "budget_count", "knob", "target_params",
                                       *arg_cols]),
-                method_arg_columns=arg_cols, duplicates=runs[runs["superseded"]], manifest=str(path))
+                config_columns=list(MANIFEST_CONFIG), method_arg_columns=arg_cols, duplicates=runs[runs["superseded"]], manifest=str(path))
 
 
 def only_experiment(runs: Runs, experiment: str) -> Runs:
@@ -407,100 +396,11 @@ def epochs_wide(runs: Runs) -> pd.DataFrame:
     return wide.merge(info, on="run_id", how="left")
 
 
-# -- labels and ordering --------------------------------------------------------------------------
-def _fmt_arg(v) -> str:
-    v = python_value(v)
-    if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
-        return str(int(v))
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
+# -- labels and ordering (`study.schema`) ---------------------------------------------------------
 def variant_label(row, arg_keys: list[str]) -> str:
-    """A short human name for a method's arguments: 'S16 d72', 'S16 d72 binary', 'sparsity=0.5'."""
-    method = row.get("method")
+    """`study.schema.variant_label` of a run row's method arguments (for rows without the `variant` tag)."""
     args = {k: python_value(row.get(k)) for k in arg_keys}
-    args = {k: v for k, v in args.items() if v is not None}
-    if method == "csg":
-        parts = []
-        if "slice" in args:
-            parts.append(f"S{_fmt_arg(args.pop('slice'))}")
-        if "code_dim" in args:
-            parts.append(f"d{_fmt_arg(args.pop('code_dim'))}")
-        if args.get("generator", "learned") != "learned":
-            parts.append(str(args["generator"]))
-        args.pop("generator", None)
-        if args.get("layout", "contiguous") != "contiguous":
-            parts.append(f"{args['layout']} layout")
-        args.pop("layout", None)
-        if args.get("policy", "authors") != "authors":
-            parts.append(f"policy={args['policy']}")
-        args.pop("policy", None)
-        parts += [f"{k}={_fmt_arg(v)}" for k, v in sorted(args.items())]
-        label = " ".join(parts)
-    else:
-        label = ", ".join(f"{k}={_fmt_arg(v)}" for k, v in sorted(args.items()))
-    target = python_value(row.get("target_params"))
-    if target is not None and method != "csg":
-        label = (label + ", " if label else "") + f"target={_fmt_arg(target)}"
-    return label or "-"
-
-
-def variant_name(method: str, args: dict) -> str:
-    """The procedure a baseline run used, in the method's own words (`variant(args)` of its class), or ''.
-
-    '' for plain and CSG (their label says it all), for a method that names no variants, and where the
-    run's logged arguments cannot say (an argument that did not exist yet when the run was made).
-    """
-    if method in ("none", "csg"):
-        return ""
-    try:
-        from study.methods import get_method
-
-        name = getattr(get_method(method), "variant", None)
-        return str(name(dict(args))) if name is not None else ""
-    except (ImportError, KeyError, TypeError, ValueError):
-        return ""
-
-
-# what `variant_label` leaves out of a CSG label, so reading one back restores it
-CSG_LABEL_DEFAULTS = {"generator": "learned", "layout": "contiguous", "policy": "authors"}
-_CSG_WORD = re.compile(r"^(S(?P<slice>\d+)|d(?P<code_dim>\d+))$")
-
-
-def args_from_variant(method: str, label) -> dict[str, str]:
-    """`variant_label` read backwards: a run's method arguments (as text, `target` as `target_params`).
-
-    For runs known only from `manifest.csv`, which lists the label and not the arguments.  Defaults
-    the label leaves out of a CSG label (a learned generator, the contiguous layout, the authors'
-    policy) come back; a float reads back as the label printed it (6 significant digits).
-    """
-    label = "" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
-    if label in ("", "-"):
-        return {}
-    args: dict[str, str] = {}
-    if method == "csg":
-        words = label.split(" ")
-        i = 0
-        while i < len(words):
-            w, m = words[i], _CSG_WORD.match(words[i])
-            if m:
-                args.update({k: v for k, v in m.groupdict().items() if v is not None})
-            elif "=" in w:
-                k, v = w.split("=", 1)
-                args[k] = v
-            elif i + 1 < len(words) and words[i + 1] == "layout":
-                args["layout"] = w
-                i += 1
-            else:
-                args["generator"] = w
-            i += 1
-        return {**CSG_LABEL_DEFAULTS, **args}
-    for part in re.split(r", (?=[A-Za-z_]\w*=)", label):  # a list value ('[2, 4, 3]') keeps its commas
-        k, v = part.split("=", 1)
-        args["target_params" if k == "target" else k] = v
-    return args
+    return schema.variant_label(row.get("method"), args, python_value(row.get("target_params")))
 
 
 def arch_rank(a) -> int:

@@ -22,6 +22,7 @@ from unittest import mock
 from urllib.parse import urlparse
 
 from analysis.load import AnalysisError, _check_store_exists, _client, _quiet_mlflow
+from study import schema
 
 FORMAT_VERSION = 1
 SOURCE_TAG = "study.source_tracking_uri"  # on an experiment loaded from a portable export: where it was logged
@@ -58,10 +59,8 @@ def _is_sqlite(uri: str) -> bool:
 
 # -- export ----------------------------------------------------------------------------------------
 def ui_tags() -> dict[str, str]:
-    """The experiment tags `study.mlflow_ui` sets: the model-training type and the run-table view."""
-    from study.mlflow_ui import EXPERIMENT_KIND_TAG, MODEL_TRAINING, VIEW_TAG, view_state
-
-    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, VIEW_TAG: json.dumps(view_state(), sort_keys=True)}
+    """The experiment tags the runner sets: the model-training type and the run-table view."""
+    return schema.experiment_tags()
 
 
 def _fmt(v: float) -> str:
@@ -170,8 +169,6 @@ def load_study(folder: Path, tracking_uri: str) -> dict:
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
     from mlflow.store.tracking import sqlalchemy_store
 
-    from study.tracking import Tracker
-
     if not _is_sqlite(tracking_uri):
         raise AnalysisError(f"{tracking_uri}: load-study writes an embedded store only (sqlite:///PATH), "
                             "so that every run keeps its id")
@@ -179,9 +176,7 @@ def load_study(folder: Path, tracking_uri: str) -> dict:
     path = Path(urlparse(tracking_uri).path if not tracking_uri.startswith("sqlite:///")
                 else tracking_uri[len("sqlite:///"):])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(tracking_uri)
-    _quiet_mlflow()
-    client = tracker.client
+    client = _client(tracking_uri)
     store = client._tracking_client.store
     ids = {r["run_id"] for r in runs}
 
@@ -209,7 +204,9 @@ def load_study(folder: Path, tracking_uri: str) -> dict:
     for e in exps:
         if e["name"] in present:
             continue
-        exp_id = tracker.experiment(e["name"])
+        exp = client.get_experiment_by_name(e["name"])  # there without runs, or not there yet
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+            e["name"], artifact_location=schema.artifact_location(tracking_uri, e["name"]))
         exp_ids[e["name"]] = exp_id
         for key, value in {**e["tags"], SOURCE_TAG: e["tracking_uri"]}.items():
             client.set_experiment_tag(exp_id, key, value)

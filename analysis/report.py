@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis import breakdown as breakdown_mod
 from analysis import evidence, figures, reference, tables
-from analysis.load import (FINAL_METRICS, REPO, Runs, config_keys, epochs_wide, python_value)
+from analysis.load import (FINAL_METRICS, MANIFEST_EXTRA, REPO, Runs, epochs_wide, python_value)
 from analysis.stats import HEADLINE, comparisons, summarize, varying_protocol
 
 X_CHOICES = ("budget", "total", "stored", "nonzero")
@@ -182,7 +182,7 @@ def headline_sentences(comp: pd.DataFrame) -> list[str]:
 
 def grid_section(runs: Runs, experiments: list[str]) -> str:
     fin = runs.runs
-    cfg = [k for k in config_keys() if k != "method_args"] + runs.method_arg_columns + ["budget_count", "knob",
+    cfg = [k for k in runs.config_columns if k != "method_args"] + runs.method_arg_columns + ["budget_count", "knob",
                                                                                           "precision_used"]
     constant, varying = [], []
     for k in cfg:
@@ -209,7 +209,7 @@ def grid_section(runs: Runs, experiments: list[str]) -> str:
 
 def manifest(runs: Runs) -> pd.DataFrame:
     cols = ["experiment", "run_name", "run_id", "config_hash", "group", "status", "superseded", "failure_reason",
-            "arch", "method", "variant", "seed", "epochs_completed"] + FINAL_METRICS
+            "arch", "method", "variant", "seed", "epochs_completed"] + FINAL_METRICS + MANIFEST_EXTRA
     m = runs.runs.copy()
     for c in cols:
         if c not in m:
@@ -225,7 +225,7 @@ def write(runs: Runs, out: Path, x: str = "budget") -> dict[str, list[Path]]:
     out = Path(out)
     fig_dir, tab_dir = out / "figures", out / "tables"
     fin = runs.finished
-    protocol_cols = varying_protocol(fin, [k for k in config_keys() if k != "method_args"])
+    protocol_cols = varying_protocol(fin, [k for k in runs.config_columns if k != "method_args"])
     summary = summarize(fin, protocol_cols, runs.method_arg_columns)
     comp = comparisons(summary, fin)
     ref = reference.paper_reference()
@@ -338,7 +338,7 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str], kep
                      f"{tables.md_escape(reason) or '–'} |")
         L.append("")
     if skipped:
-        L += ["Parameter breakdown: configurations that could not be rebuilt here:", ""]
+        L += ["Parameter breakdown: configurations whose runs logged none:", ""]
         L += [f"- {s}" for s in skipped] + [""]
     L += ["## Grid configuration", "", grid_section(runs, exps), ""]
     L += ["## Compute, software and hardware", ""]

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis import inference
-from analysis.load import (METHOD_LABEL, NOT_IN_GROUP, parse_value, python_value, sort_key_frame, variant_name)
+from analysis.load import METHOD_LABEL, NOT_IN_GROUP, parse_value, python_value, sort_key_frame
 
 CONFIDENCE = inference.CONFIDENCE
 HEADLINE = "test_acc_at_best_val"
@@ -78,7 +78,7 @@ def summarize(finished: pd.DataFrame, protocol_cols: list[str] | None = None,
                "method_label": METHOD_LABEL.get(first["method"], first["method"]), "variant": first["variant"]}
         for c in protocol_cols + arg_cols:
             row[c] = python_value(first[c]) if c in first else None
-        row["which_variant"] = variant_name(first["method"], {c: row[c] for c in arg_cols if row[c] is not None})
+        row["which_variant"] = python_value(first.get("variant_name")) or ""  # the run's `variant_name` tag
         row["target_params"] = python_value(first.get("target_params"))
         row["budget_count"] = python_value(first.get("budget_count")) or ""
         row["n"] = int(g["seed"].notna().sum()) if g["seed"].notna().any() else len(g)

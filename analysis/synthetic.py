@@ -45,6 +45,30 @@ KNOB = {"none": "", "csg": "code_dim", "prune": "sparsity", "lowrank": "rank_rat
         "width": "width"}
 BUDGET = {"none": "total", "csg": "stored", "prune": "nonzero", "lowrank": "total", "hashed": "stored",
           "width": "total"}
+# what the baselines' `variant` says for the arguments above (the runner logs it as a tag)
+VARIANT_NAME = {"prune": "AGP once per epoch", "lowrank": "factorised from the start", "hashed": "hashes from the run seed"}
+# the config fields among the params, in `RunConfig`'s order (the runner's `config_keys` tag)
+CONFIG_KEYS = ["arch", "method", "target_params", "seed", "epochs", "batch_size", "lr", "momentum", "nesterov",
+               "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "label_smoothing", "val_size",
+               "train_subset", "test_subset", "workers", "precision", "channels_last", "compile", "name"]
+CLASSIFIER = {"resnet20": 650, "resnet56": 650}
+NORMS = {"resnet20": 1376, "resnet56": 4064}
+
+
+def breakdown(arch: str, method: str, args: dict, total: int) -> dict[str, float]:
+    """A parameter breakdown that adds up to `total` (CSG: the generator at 16 x 9 x 16 per code dimension)."""
+    from study.schema import BREAKDOWN, BREAKDOWN_TOTAL
+
+    parts = dict.fromkeys(BREAKDOWN, 0)
+    parts["classifier"], parts["normalisation"] = CLASSIFIER[arch], NORMS[arch]
+    if method == "csg":
+        gen = 2304 * args["code_dim"]
+        parts["generator (frozen, not stored)" if args["generator"] == "binary" else "generator"] = gen
+        parts["convolutions (not generated)"] = 432
+        parts["codes"] = total - gen - 432 - parts["classifier"] - parts["normalisation"]
+    else:
+        parts["convolutions (not generated)"] = total - parts["classifier"] - parts["normalisation"]
+    return {**{BREAKDOWN[c]: float(n) for c, n in parts.items()}, BREAKDOWN_TOTAL: float(total)}
 
 
 def run_name(arch: str, method: str, args: dict, target, seed: int) -> str:
@@ -86,12 +110,12 @@ def finals(c: dict[str, list[float]]) -> dict[str, float]:
 
 
 def _log(client, exp_id: str, name: str, params: dict, tags: dict, history: dict | None, final: dict | None,
-         status: str, start: int):
+         status: str, start: int, counts: dict | None = None):
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=name, start_time=start, tags=tags)
     rid = run.info.run_id
-    metrics = []
+    metrics = [Metric(k, v, start, 0) for k, v in (counts or {}).items()]  # logged at run start, step 0
     if history:
         for key, values in history.items():
             metrics += [Metric(key, float(v), start + 1000 * i, i + 1) for i, v in enumerate(values)]
@@ -125,10 +149,15 @@ def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, wit
              "knob": KNOB.get(method, ""), "precision_used": "fp32"}
         return p
 
-    def tags_for(arch, method, seed, name):
+    def tags_for(arch, method, seed, name, args=None, target=None):
+        from study import schema
+
         return {"config_hash": f"{zlib.crc32(name.encode()):08x}", "git_commit": "0123abc", "device": "cpu",
                 "torch_version": "2.x-synthetic", "precision": "fp32", "grid": experiment, "arch": arch,
-                "method": method}
+                "method": method, schema.CONFIG_KEYS_TAG: json.dumps(CONFIG_KEYS),
+                schema.METHOD_LABEL_TAG: schema.method_label(method),
+                schema.VARIANT_TAG: schema.variant_label(method, dict(args or {}), target),
+                schema.VARIANT_NAME_TAG: VARIANT_NAME.get(method, "")}
 
     k = 0
     for arch, method, args, target, seeds, acc, (total, stored, nonzero, frozen) in CONFIGS:
@@ -141,7 +170,8 @@ def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, wit
                        flops=82_000_000 if arch == "resnet20" else 252_000_000, macs=41_000_000,
                        kernel_gen_flops=2 * stored if method == "csg" else 0)
             _log(client, exp_id, name, params_for(arch, method, args, target, seed, name),
-                 tags_for(arch, method, seed, name), hist, fin, "FINISHED", start + 1_000_000 * k)
+                 tags_for(arch, method, seed, name, args, target), hist, fin, "FINISHED", start + 1_000_000 * k,
+                 breakdown(arch, method, args, total))
             k += 1
     if with_failures:
         # resnet20-none-s0 again, FINISHED and started later: it supersedes the first one, whose numbers
@@ -153,7 +183,8 @@ def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, wit
                    params_nonzero=269024, bytes_on_disk=4 * 269722 + 2048, flops=82_000_000, macs=41_000_000,
                    kernel_gen_flops=0)
         _log(client, exp_id, name, params_for("resnet20", "none", {}, None, 0, name),
-             tags_for("resnet20", "none", 0, name), hist, fin, "FINISHED", start + 1_000_000 * (k + 1))
+             tags_for("resnet20", "none", 0, name), hist, fin, "FINISHED", start + 1_000_000 * (k + 1),
+             breakdown("resnet20", "none", {}, 269722))
         for i, (method, args, status, reason) in enumerate([
                 ("hashed", {"compression": 0.65}, "FAILED", "RuntimeError: out of memory"),
                 ("width", {"width": 0.8}, "KILLED", ""),
@@ -161,7 +192,7 @@ def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, wit
             target = 176698 if method != "none" else None
             seed = 0 if method != "none" else 3
             name = run_name("resnet20", method, args, target, seed)
-            tags = tags_for("resnet20", method, seed, name)
+            tags = tags_for("resnet20", method, seed, name, args, target)
             if reason:
                 tags["failure_reason"] = reason
             hist = {k2: v[:2] for k2, v in curves(name, 85.0, epochs).items()}
@@ -202,6 +233,7 @@ def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, s
     so tables with different `epochs` concatenate into one with several training lengths.
     """
     from analysis.load import METHOD_LABEL, variant_label
+    from study.schema import VARIANT_NAME_TAG
 
     rng = np.random.default_rng(rng)
     per = seeds if isinstance(seeds, dict) else {name: list(seeds) for name in means}
@@ -223,6 +255,7 @@ def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, s
                    "test_acc_at_best_val": acc, "final_test_acc": acc, "best_val_acc": acc, "best_test_acc": acc,
                    "train_seconds": 600.0}
             row["variant"] = variant_label(row, sorted(args))
+            row[VARIANT_NAME_TAG] = ""
             rows.append(row)
     table = pd.DataFrame(rows)
     for k in ARG_COLUMNS + ["target_params"]:  # as the loader types them: an int stays an int beside missing values

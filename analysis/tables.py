@@ -314,7 +314,8 @@ def breakdown_table(frame: pd.DataFrame, skipped: list[str]) -> Table:
         d["total"] = fmt_int(r["total"])
         d["logged total"] = fmt_int(r["logged_total"])
         disp.append(d)
-    notes = ["Unique parameters (a shared tensor counts once) of each configuration's network, rebuilt with "
-             "`study.methods.build`; 'logged total' is what the run logged."] + [f"skipped: {s}" for s in skipped]
+    notes = ["Unique parameters (a shared tensor counts once) of each configuration's network as training ends it, "
+             "by role, as logged with its runs (`breakdown_*`, counted by `study.accounting.breakdown`); "
+             "'logged total' is what the run logged."] + [f"skipped: {s}" for s in skipped]
     data = frame if not frame.empty else pd.DataFrame(columns=["arch", "method", "variant", *CATEGORIES, "total"])
     return Table("param_breakdown", "Where the parameters go", pd.DataFrame(disp), data, notes)

@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from study.csg import generators, materialize
+from study import schema
+from study.csg import GeneratedConv2d, SliceGenerator, generators, materialize
 
 COUNTS = ("total", "trainable", "frozen", "stored", "nonzero")
 
@@ -151,4 +152,36 @@ def account(model: nn.Module, input_size: tuple[int, ...] | None = None) -> dict
     out = {**count_parameters(model), "bytes_on_disk": bytes_on_disk(model), **sparse_storage(model)}
     if input_size is not None:
         out.update(flops(model, input_size))
+    return out
+
+
+def breakdown(model: nn.Module) -> dict[str, int]:
+    """Unique parameters of `model` by role (`study.schema.CATEGORIES`): the shared generator (a
+    regenerable one apart: it is not stored), the per-slice codes, ordinary convolutions, the
+    classifier (the last linear layer, else the last conv with parameters), normalisation, other."""
+    modules = list(model.named_modules())
+    linears = [n for n, m in modules if isinstance(m, nn.Linear)]
+    convs = [n for n, m in modules if isinstance(m, nn.Conv2d) and any(True for _ in m.parameters(recurse=False))]
+    classifier = linears[-1] if linears else (convs[-1] if convs else None)
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    out = dict.fromkeys(schema.CATEGORIES, 0)
+    seen: set[int] = set()
+    for name, module in modules:
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if isinstance(module, SliceGenerator):
+                cat = "generator (frozen, not stored)" if getattr(p, "regenerable", False) else "generator"
+            elif isinstance(module, GeneratedConv2d):
+                cat = "codes" if pname == "code" else "other"
+            elif name == classifier:
+                cat = "classifier"
+            elif isinstance(module, norms):
+                cat = "normalisation"
+            elif isinstance(module, nn.Conv2d) or p.dim() == 4:
+                cat = "convolutions (not generated)"
+            else:
+                cat = "other"
+            out[cat] += p.numel()
     return out

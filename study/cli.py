@@ -1,4 +1,4 @@
-"""`python -m study ...`: params, evaluate-authors, run, status, bench, fetch.
+"""`python -m study ...`: params, evaluate-authors, run, status, bench, fetch, backfill-metadata.
 
 Every bad argument is caught before work starts and reported as one line on stderr, exit status 2.
 """
@@ -89,6 +89,14 @@ def build_parser() -> Parser:
                                        "official md5s)")
     f.add_argument("--authors-url", help="a mirror of the authors' repository at the pinned commit")
     f.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up")
+
+    m = sub.add_parser("backfill-metadata", help="log the parameter breakdown and the labels to runs logged "
+                                                 "before they existed (from their logged params), or add them "
+                                                 "to a manifest.csv")
+    m.add_argument("--tracking-uri", help="the store (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
+    m.add_argument("--experiment", help="only this experiment (default: every one)")
+    m.add_argument("--manifest", metavar="CSV", help="a manifest.csv written by `python -m analysis report`: add "
+                                                     "the columns the analysis reads there instead of a store")
 
     b = sub.add_parser("bench", help="training/inference throughput, plain against CSG, and the data path")
     from study import bench
@@ -311,6 +319,33 @@ def cmd_status(a) -> int:
     return 0
 
 
+def cmd_backfill_metadata(a) -> int:
+    from study import metadata
+
+    if a.manifest:
+        if a.tracking_uri or a.experiment:
+            raise UsageError("backfill-metadata: --manifest excludes --tracking-uri and --experiment")
+        path = Path(a.manifest)
+        if not path.is_file():
+            raise UsageError(f"backfill-metadata: no manifest at {path}")
+        n = metadata.backfill_manifest(path)
+        print(f"{path}: {'filled the missing columns of ' + str(n) + ' rows' if n else 'nothing missing'}")
+        return 0
+    uri = a.tracking_uri or default_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"backfill-metadata: no MLflow store at {uri}")
+    why = unreachable(uri)
+    if why:
+        raise UsageError(f"backfill-metadata: tracking server {uri} does not answer ({why})")
+    try:
+        done = metadata.backfill(Tracker(uri), a.experiment)
+    except ValueError as e:
+        raise UsageError(f"backfill-metadata: {e}") from None
+    print(f"{uri}: {done['updated']} run(s) given the breakdown and labels ({done['failed']} without a "
+          f"breakdown), {done['complete']} already had them")
+    return 0
+
+
 def cmd_fetch(a) -> int:
     from study import fetch
 
@@ -352,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(a)
         elif a.command == "fetch":
             return cmd_fetch(a)
+        elif a.command == "backfill-metadata":
+            return cmd_backfill_metadata(a)
         else:
             return cmd_status(a)
     except UsageError as e:

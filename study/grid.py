@@ -36,6 +36,7 @@ from study.config import RunConfig
 from study import methods
 from study.methods import BudgetError, get_method
 from study.methods.csg import recipe
+from study.schema import CSG_DEFAULTS, CSG_LABEL_DEFAULTS, PLAIN
 from study.models import get_arch
 
 GRID_KEYS = {"name", "description", "output", "defaults", "grid", "runs"}
@@ -79,10 +80,10 @@ def _expand(block: dict) -> list[dict]:
 def default_name(run: dict) -> str:
     method, args = run.get("method", "none"), run.get("method_args", {}) or {}
     if method == "csg":
-        tag = f"csg{args.get('slice', 16)}x{args.get('code_dim', 72)}"
+        tag = f"csg{args.get('slice', CSG_DEFAULTS['slice'])}x{args.get('code_dim', CSG_DEFAULTS['code_dim'])}"
         tag += "".join(f"-{v}" for k, v in sorted(args.items())
-                       if k in ("layout", "generator", "policy") and v not in ("contiguous", "learned", "authors"))
-    elif method == "none":
+                       if k in CSG_LABEL_DEFAULTS and v != CSG_LABEL_DEFAULTS[k])
+    elif method == PLAIN:
         tag = "plain"
     else:
         tag = method + "".join(f"-{k}{v}" for k, v in sorted(args.items()))

@@ -23,45 +23,15 @@ import logging
 
 import torch
 
+from study.schema import (COLUMNS, EXPERIMENT_KIND_TAG, HEADLINE, MODEL_TRAINING, VIEW_KEY,  # noqa: F401
+                          VIEW_TAG, describe_experiment, ui_path, view_state)
+
 log = logging.getLogger(__name__)
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
-VIEW_KEY = "study"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-HEADLINE = "test_acc_at_best_val"
-COLUMNS = [f"metrics.`{HEADLINE}`", "params.`method`", "params.`code_dim`", "params.`slice`",
-           "metrics.`params_stored`", "metrics.`params_total`", "params.`seed`", "attributes.`Models`",
-           "attributes.`Dataset`"]
 SPLITS = (("train", "training"), ("val", "validation"), ("test", "test"))
 # the logged models' names: not "model", which MLflow 3 would merge into the run's own `model/` artifacts
 # (`model/model.pt`, read back by generator reuse) when listing or downloading them
 MODEL_NAMES = ("trained_network", "materialized_network")
-
-
-def view_state() -> dict:
-    """The run table as a researcher wants it first: the MLflow UI's own shared-view format."""
-    return {"orderByKey": f"metrics.`{HEADLINE}`", "orderByAsc": False, "selectedColumns": COLUMNS,
-            "columnOrder": ["tags.`mlflow.runName`", *COLUMNS], "columnWidths": {f"metrics.`{HEADLINE}`": 190},
-            "runsHiddenMode": "SHOW_ALL"}
-
-
-def ui_path(experiment_id: str) -> str:
-    """The UI route (after `#`) that opens the experiment's run table in the training view with our columns."""
-    return f"/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
-
-
-def describe_experiment(client, experiment_id: str, description: str | None = None) -> None:
-    try:
-        exp = client.get_experiment(experiment_id)
-        want = {EXPERIMENT_KIND_TAG: MODEL_TRAINING, VIEW_TAG: json.dumps(view_state(), sort_keys=True)}
-        if description and not exp.tags.get("mlflow.note.content"):
-            want["mlflow.note.content"] = description.strip()
-        for key, value in want.items():
-            if exp.tags.get(key) != value:
-                client.set_experiment_tag(experiment_id, key, value)
-    except Exception as e:  # noqa: BLE001  (cosmetic: never fail a run over the UI)
-        log.warning("could not tag experiment %s for the UI: %s", experiment_id, e)
 
 
 def _md5(x: torch.Tensor, y: torch.Tensor) -> str:

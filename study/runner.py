@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from study import accounting, checkpoint, env, mlflow_ui
+from study import accounting, checkpoint, env, metadata, mlflow_ui
 from study.config import RunConfig
 from study.csg import generators
 from study.grid import Grid
@@ -131,12 +131,15 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
             "git_commit": job.git_commit, "torch_version": torch.__version__, "device": env.device_name(device),
             **lineage})
         method = get_method(cfg.method)
-        tracker.log(run_id, params={**cfg.flat_params(), **job.resolved_args, "budget_count": method.count,
-                                    "knob": method.knob or ""})
+        params = {**cfg.flat_params(), **job.resolved_args, "budget_count": method.count, "knob": method.knob or ""}
+        tracker.log(run_id, params=params)
         mlflow_ui.describe_run(tracker.client, run_id, cfg, job.data_root)  # datasets (md5, sizes), colour
+        described = False
     else:
         run_id = existing.info.run_id
         tracker.set_status(run_id, "RUNNING")
+        params = dict(existing.data.params)
+        described = not metadata.missing(existing.data.metrics, existing.data.tags)  # logged by older code?
     logged = tracker.logged_steps(run_id)
 
     def on_epoch(metrics: dict) -> None:
@@ -147,6 +150,16 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
 
     ckpt_dir = Path(job.checkpoint_dir) / h
     try:
+        if not described:  # the breakdown and the labels, before training: an interrupted run has them too
+            labels, counts = metadata.at_start(params)
+            tracker.log(run_id, tags=labels)
+            try:
+                breakdown = counts()
+            except Exception as e:  # noqa: BLE001  (bookkeeping: never fail a run over it; the report names it)
+                log.warning("run %s: no parameter breakdown: %s", cfg.name, e)
+                breakdown = {}
+            if breakdown:
+                tracker.log(run_id, breakdown, step=0)
         args = job.resolved_args
         if source is not None:
             tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id

@@ -42,6 +42,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from study import schema
 from study.env import PROJECT, default_tracking_uri
 
 BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
@@ -238,9 +239,7 @@ class Tracker:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the embedded store, not in cwd
-            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+        location = schema.artifact_location(self.uri, name)  # an embedded store's: beside it, not in cwd
         try:
             return client.create_experiment(name, artifact_location=location)
         except MlflowException as e:  # another worker created it first

@@ -274,17 +274,22 @@ def test_the_default_parameter_axis_puts_each_method_at_its_budget_count():
     assert figures._short_count(176_698) == "177k" and figures._short_count(1_500_000) == "1.5M"
 
 
-def test_breakdown_rebuilds_list_arguments_and_the_structure_a_run_ends_with():
-    """softshare logs its per-stage templates as '[2, 4, 3]'; filter pruning reshapes the network part-way.
-    Both must come back with the parameter count the run logged (the quick study's figures)."""
+def test_breakdown_reads_the_logged_counts_and_names_what_has_none():
+    """The table comes from each configuration's logged `breakdown_*` metrics, never from rebuilding
+    the network; a configuration whose runs logged none is named, with the command that adds it."""
     from analysis.breakdown import breakdown
+    from study.schema import BREAKDOWN, BREAKDOWN_TOTAL
 
-    runs = [("softshare", {"layers": "authors", "templates": "[2, 4, 3]"}, 177_609),
-            ("filterprune", {"layers": "authors", "prune_at": 0.5, "ratio": 0.35}, 176_318)]
+    logged = {"convolutions (not generated)": 175_536, "classifier": 650, "normalisation": 1_376, "other": 47}
+    metrics = {BREAKDOWN[c]: float(logged.get(c, 0)) for c in BREAKDOWN} | {BREAKDOWN_TOTAL: 177_609.0}
+    runs = [("softshare", {"layers": "authors", "templates": "[2, 4, 3]"}, metrics),
+            ("filterprune", {"layers": "authors", "prune_at": 0.5, "ratio": 0.35}, {})]
     finished = pd.DataFrame([{"group": m, "arch": "resnet20", "method": m, "seed": 0, "epochs": 10,
-                              "method_args": json.dumps(sorted(args)), **args} for m, args, _ in runs])
+                              "method_args": json.dumps(sorted(args)), **args, **counts} for m, args, counts in runs])
     summary = pd.DataFrame([{"group": m, "arch": "resnet20", "method": m, "variant": m, "target_params": None,
-                             "params_total": float(total)} for m, _, total in runs])
+                             "params_total": 177_609.0} for m, _, _ in runs])
     table, skipped = breakdown(summary, finished)
-    assert skipped == []
-    assert table.set_index("method")["total"].to_dict() == {m: total for m, _, total in runs}
+    assert table.set_index("method").loc["softshare", ["other", "total", "logged_total"]].tolist() == [47, 177_609, 177_609]
+    assert list(table["method"]) == ["softshare"]
+    assert skipped == ["resnet20 filterprune filterprune: its runs logged no parameter breakdown "
+                       "(`python -m study backfill-metadata` adds it)"]

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from study import schema
 from study.csg import CSGSpec, all_eligible, convert
 from study.methods.base import BudgetError, Method, register
 from study.models import ArchSpec, cifar_resnet, deeplab, densenet_bc, imagenet_resnet, mobilenetv2, shufflenetv2
@@ -56,7 +57,7 @@ class CSG(Method):
     name = "csg"
     knob = "code_dim"
     count = "stored"  # a random-binary generator is regenerated from its seed, never stored
-    defaults = {"slice": 16, "code_dim": 72, "layout": "contiguous", "generator": "learned", "policy": "authors"}
+    defaults = dict(schema.CSG_DEFAULTS)
 
     def spec(self, arch: ArchSpec, args: dict, seed: int = 0) -> CSGSpec:
         r = recipe(arch)
