@@ -44,6 +44,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _minutes(text: str) -> float:
+    try:
+        return parse_retry_seconds(text)  # the same rule: a finite number >= 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number of minutes >= 0, got {text!r}") from None
+
+
 def _key_value(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -120,6 +127,9 @@ def build_parser() -> Parser:
             r.add_argument("--tracking-retry-seconds", type=_seconds, metavar="SECONDS",
                            help="how long a worker keeps retrying an unreachable tracking store before its run "
                                 f"stops, marked interrupted, to resume on the next run (default ${RETRY_ENV} or 600)")
+            r.add_argument("--checkpoint-minutes", type=_minutes, metavar="MINUTES",
+                           help="also checkpoint in the middle of an epoch this often, for any backend (default: "
+                                "the grid file's checkpoint_minutes, else only at the end of each epoch; 0: off)")
             r.add_argument("--dry-run", action="store_true", help="list the runs and their counts, train nothing")
 
     f = sub.add_parser("fetch", help="download and verify CIFAR-10 and the authors' checkpoints (what is missing)")
@@ -314,7 +324,7 @@ def cmd_run(a) -> int:
     from study import mlflow_ui
 
     mlflow_ui.describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
-    jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads)
+    jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads, a.checkpoint_minutes)
     if a.tracking_retry_seconds is not None:
         jobs = [dataclasses.replace(j, tracking_retry_seconds=a.tracking_retry_seconds) for j in jobs]
     from study.progress import Monitor
