@@ -367,7 +367,9 @@ def _execute_slurm(jobs: list[Job], slurm: dict) -> list[Outcome]:
     from study.requeue import RequeueableRun
 
     folder = slurm.pop("folder", "slurm_logs")
-    executor = submitit.AutoExecutor(folder=folder, cluster=slurm.pop("cluster", None))
+    timeouts = slurm.pop("max_num_timeout", None)  # requeues after a time limit (not preemptions); submitit: 3
+    executor = submitit.AutoExecutor(folder=folder, cluster=slurm.pop("cluster", None),
+                                     **({"slurm_max_num_timeout": int(timeouts)} if timeouts is not None else {}))
     executor.update_parameters(**slurm)
     futures = executor.map_array(RequeueableRun(), jobs)
     outcomes = []
