@@ -45,6 +45,15 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def minutes(text: str) -> float:
+    from study.tracking import parse_retry_seconds
+
+    try:
+        return parse_retry_seconds(text)  # the same rule as seconds: a finite number >= 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number of minutes >= 0, got {text!r}") from None
+
+
 def key_value(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")

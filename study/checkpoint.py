@@ -1,10 +1,13 @@
-"""Atomic, verifiable per-epoch checkpoints.
+"""Atomic, verifiable checkpoints: at the end of every epoch, and mid-epoch when asked.
 
 Each checkpoint is written to a temporary file in the same folder, flushed to disk and renamed into
 place, so a kill at any moment leaves either the old file or the new one, never half of one.  Its
 name carries the epoch and a SHA-256 prefix of its bytes (`epoch0007-3fa2c1d9e0b4.pt`): a truncated or
 corrupted file fails the check and the run falls back to the previous good checkpoint (the last
-`keep` are kept), or starts over, with a warning.  A write that fails (a full disk) removes its
+`keep` are kept), or starts over, with a warning.  A mid-epoch checkpoint (every N minutes, or at
+once when the job is to be preempted: `study/preempt.py`) also names the batches done in the epoch
+under way, `epoch0007.b0123-3fa2c1d9e0b4.pt`: 7 epochs and 123 batches; it sorts between
+`epoch0007` and `epoch0008`.  A write that fails (a full disk) removes its
 temporary file and leaves the previous checkpoints as they were.  Loading always uses `weights_only=True`.
 """
 from __future__ import annotations
@@ -19,15 +22,17 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^epoch(\d{4,})-([0-9a-f]{12})\.pt$")
+_NAME = re.compile(r"^epoch(\d{4,})(?:\.b(\d{4,}))?-([0-9a-f]{12})\.pt$")
 
 
-def save(folder: Path, epoch: int, state: dict, keep: int = 2) -> Path:
+def save(folder: Path, epoch: int, state: dict, keep: int = 2, batch: int | None = None) -> Path:
+    """Write `state` after `epoch` finished epochs (and `batch` batches of the next, mid-epoch)."""
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    path = folder / f"epoch{epoch:04d}-{hashlib.sha256(data).hexdigest()[:12]}.pt"
+    mid = f".b{batch:04d}" if batch is not None else ""
+    path = folder / f"epoch{epoch:04d}{mid}-{hashlib.sha256(data).hexdigest()[:12]}.pt"
     tmp = folder / f".{path.name}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -44,15 +49,21 @@ def save(folder: Path, epoch: int, state: dict, keep: int = 2) -> Path:
 
 
 def candidates(folder: Path) -> list[Path]:
-    """Checkpoints in the folder, newest epoch first."""
+    """Checkpoints in the folder, newest first (by epoch, then batch: an epoch's end after its middle)."""
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
+    found = [(int(m.group(1)), int(m.group(2) or 0), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for *_, p in sorted(found, reverse=True)]
+
+
+def position(path: Path) -> tuple[int, int]:
+    """(finished epochs, batches done of the next) that a checkpoint's name says."""
+    m = _NAME.match(path.name)
+    return int(m.group(1)), int(m.group(2) or 0)
 
 
 def verify(path: Path) -> bool:
-    digest = _NAME.match(path.name).group(2)
+    digest = _NAME.match(path.name).group(3)
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12] == digest
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from study.args import Parser, UsageError, data_root, key_value, positive_int, seconds
+from study.args import Parser, UsageError, data_root, key_value, minutes, positive_int, seconds
 from study.env import PROJECT
 from study.tracking import RETRY_ENV, Tracker, TrackingUnavailable, default_uri, unreachable
 
@@ -76,6 +76,9 @@ def build_parser() -> Parser:
             r.add_argument("--tracking-retry-seconds", type=seconds, metavar="SECONDS",
                            help="how long a worker keeps retrying an unreachable tracking store before its run "
                                 f"stops, marked interrupted, to resume on the next run (default ${RETRY_ENV} or 600)")
+            r.add_argument("--checkpoint-minutes", type=minutes, metavar="MINUTES",
+                           help="also checkpoint in the middle of an epoch this often, for any backend (default: "
+                                "the grid file's checkpoint_minutes, else only at the end of each epoch; 0: off)")
             r.add_argument("--dry-run", action="store_true", help="list the runs and their counts, train nothing")
 
     f = sub.add_parser("fetch", help="download and verify CIFAR-10 and the authors' checkpoints (what is missing)")
@@ -280,7 +283,7 @@ def cmd_run(a) -> int:
     from study import mlflow_ui
 
     mlflow_ui.describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
-    jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads)
+    jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads, a.checkpoint_minutes)
     if a.tracking_retry_seconds is not None:
         jobs = [dataclasses.replace(j, tracking_retry_seconds=a.tracking_retry_seconds) for j in jobs]
     from study.progress import Monitor

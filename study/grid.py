@@ -4,6 +4,7 @@
 name: quick                 # MLflow experiment (default: the file's stem)
 description: free text      # shown in the report; say the budget here
 output: quick               # optional sub-folder of the output root for checkpoints
+checkpoint_minutes: 30      # optional: also checkpoint mid-epoch this often (not part of any run's hash)
 defaults: {arch: resnet20, epochs: 15, schedule: onecycle}
 grid:                       # each block: list values expand as a cartesian product
   - {method: none, seed: [0, 1]}
@@ -39,7 +40,7 @@ from study.methods.csg import recipe
 from study.schema import CSG_DEFAULTS, CSG_LABEL_DEFAULTS, PLAIN
 from study.models import get_arch
 
-GRID_KEYS = {"name", "description", "output", "defaults", "grid", "runs"}
+GRID_KEYS = {"name", "description", "output", "checkpoint_minutes", "defaults", "grid", "runs"}
 
 
 class GridError(ValueError):
@@ -56,6 +57,7 @@ class Grid:
     resolved_args: dict[str, dict]  # config hash -> method args after any budget search
     counts: dict[str, dict]         # config hash -> accounting counts (no FLOPs)
     depends: dict[str, str] = field(default_factory=dict)  # dependant's hash -> its source's (reuse)
+    checkpoint_minutes: float | None = None  # mid-epoch checkpoints this often; how, not what: no run's hash
 
     def source_of(self, cfg: RunConfig) -> RunConfig | None:
         """The run whose generator `cfg` reuses, or None."""
@@ -112,6 +114,11 @@ def load(path: str | Path) -> Grid:
     output = str(doc.get("output") or "")
     if Path(output).is_absolute() or ".." in Path(output).parts:
         raise GridError(f"{_where(path, 'output')}: {output!r} must be a relative folder inside the output root")
+    minutes = doc.get("checkpoint_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                or not 0 <= minutes < float("inf")):
+        raise GridError(f"{_where(path, 'checkpoint_minutes')}: expected a number of minutes >= 0 (0: only at "
+                        f"the end of each epoch), got {minutes!r}")
     defaults = doc.get("defaults") or {}
     blocks = doc.get("grid") or []
     explicit = doc.get("runs") or []
@@ -150,7 +157,7 @@ def load(path: str | Path) -> Grid:
         configs.append(cfg)
         resolved[h], counts[h] = args, count
     return Grid(doc.get("name") or path.stem, path, str(doc.get("description") or ""), output,
-                tuple(configs), resolved, counts, depends)
+                tuple(configs), resolved, counts, depends, float(minutes) if minutes else None)
 
 
 # -- runs that depend on other runs (generator reuse) --------------------------------------------

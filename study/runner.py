@@ -11,6 +11,12 @@ before, and so on; the runs of one wave run in parallel as before.  A dependant 
 source is FINISHED in the store, and loads the generator from the source's logged final model
 (`model/model.pt`), so it works wherever the tracking store is reachable.  If the source failed,
 the dependant is skipped and says why.
+
+Mid-epoch checkpoints (`Job.checkpoint_minutes`, from `--checkpoint-minutes` or the grid file's
+`checkpoint_minutes`) and preemption (`--backend slurm`: `study/requeue.py`) live outside `RunConfig`:
+they change when a run is written to disk, never its results, so they are no part of its hash.  A
+preempted run checkpoints at the next batch boundary, is marked KILLED with the tag `preempted`, and
+its requeued job continues the same MLflow run (found by config hash) from that batch.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 import traceback
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from study import accounting, checkpoint, env, metadata, mlflow_ui
+from study import accounting, checkpoint, env, metadata, mlflow_ui, preempt
 from study.config import RunConfig
 from study.csg import generators
 from study.grid import Grid
@@ -55,6 +62,7 @@ class Job:
     retry_failed: bool = False
     git_commit: str = "unknown"  # read once by the launcher: the code it loaded, even if the tree moves on
     tracking_retry_seconds: float | None = None  # None: $STUDY_TRACKING_RETRY_SECONDS or the default
+    checkpoint_minutes: float | None = None  # a mid-epoch checkpoint this often (None/0: epoch ends only)
 
 
 @dataclass(frozen=True)
@@ -164,14 +172,20 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         if source is not None:
             tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id
             args = {**args, "generator_weight": reused_generator(tracker, source)}
-        result = train(cfg, job.data_root, ckpt_dir, device=str(device), on_epoch=on_epoch, resolved_args=args)
+        mid_epoch = preempt.MidEpoch(job.checkpoint_minutes)
+        try:
+            result = train(cfg, job.data_root, ckpt_dir, device=str(device), on_epoch=on_epoch, resolved_args=args,
+                           mid_epoch=mid_epoch)
+        except preempt.Preempted as stop:
+            _note_preempted(tracker, run_id, stop)
+            raise
         channels, *size = get_arch(cfg.arch).input_size
         size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
         counts = accounting.account(result.model, (channels, *size))
         final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()},
                  **generator_share(result.model, counts["total"])}
-        tracker.log(run_id, final, step=cfg.epochs, tags={"precision": result.precision},
-                    params={"precision_used": result.precision})
+        tags = {"precision": result.precision, **({"resumed_from": result.resumed_from} if result.resumed_from else {})}
+        tracker.log(run_id, final, step=cfg.epochs, tags=tags, params={"precision_used": result.precision})
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(accounting.compact_state_dict(result.model), Path(tmp) / "model.pt")
             (Path(tmp) / "config.json").write_text(json.dumps(
@@ -182,8 +196,8 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         for old in checkpoint.candidates(ckpt_dir):  # everything now lives in MLflow
             old.unlink(missing_ok=True)
         return Outcome(cfg.name, DONE, "", final.get("test_acc_at_best_val"), len(result.history))
-    except KeyboardInterrupt:
-        raise  # the caller marks every interrupted run KILLED (`mark_killed`)
+    except (KeyboardInterrupt, preempt.Preempted):
+        raise  # the caller marks every interrupted run KILLED (`mark_killed`); a preempted job requeues
     except TrackingUnavailable:
         raise  # not the run's fault: `run_one` marks it interrupted locally
     except Exception as e:  # isolate: this run fails, the grid goes on
@@ -198,6 +212,29 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         tracker.log(run_id, tags={"failure_reason": reason})
         tracker.set_status(run_id, FAILED)
         return Outcome(cfg.name, FAILED, reason)
+
+
+PREEMPT_STORE_SECONDS = 20.0  # of the grace time before the kill, what the store may take
+
+
+def _note_preempted(tracker: Tracker, run_id: str, stop: preempt.Preempted) -> None:
+    """Best effort, bounded (the kill follows the signal within a grace time): the queued epoch metrics
+    land, the run is marked KILLED with the tag `preempted` (where it stopped), and the requeued job sets
+    it RUNNING again.  If the store is slow, nothing is lost: the finished epochs are in the checkpoint's
+    history and the requeued job logs the ones the store lacks."""
+    deadline = time.monotonic() + PREEMPT_STORE_SECONDS
+    while tracker.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if tracker.pending():
+        log.warning("run %s preempted at %s; its last epoch metrics are logged when it is requeued", run_id, stop.where)
+        return
+    tracker.retry_seconds = min(tracker.retry_seconds, max(0.0, deadline - time.monotonic()))
+    try:
+        sig = f" ({signal.Signals(stop.signum).name})" if stop.signum else ""
+        tracker.log(run_id, tags={"preempted": f"{stop.where}{sig}; requeued"})
+        tracker.set_status(run_id, KILLED)
+    except Exception as e:  # noqa: BLE001  (the store is away: the requeued job sets the status anyway)
+        log.warning("run %s preempted at %s; could not mark it in the store: %s", run_id, stop.where, e)
 
 
 def _not_ready(cfg: RunConfig, source) -> str:
@@ -233,12 +270,15 @@ def generator_share(model: torch.nn.Module, total: int) -> dict:
 
 # -- the grid -----------------------------------------------------------------------------------
 def jobs_for(grid: Grid, tracking_uri: str, data_root: str, output_root: Path, n_jobs: int,
-             retry_failed: bool = False, threads: int | None = None) -> list[Job]:
+             retry_failed: bool = False, threads: int | None = None,
+             checkpoint_minutes: float | None = None) -> list[Job]:
+    """`checkpoint_minutes` (None: the grid file's `checkpoint_minutes`, if any) sets mid-epoch checkpoints."""
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
     ckpt = str(output_root / grid.output / "checkpoints") if grid.output else str(output_root / "checkpoints")
     commit = git_commit()
+    minutes = checkpoint_minutes if checkpoint_minutes is not None else grid.checkpoint_minutes
     return [Job(c, grid.resolved_args[c.hash()], grid.name, tracking_uri, data_root, ckpt, threads, retry_failed,
-                git_commit=commit)
+                git_commit=commit, checkpoint_minutes=minutes or None)
             for c in grid.runs]
 
 
@@ -318,14 +358,29 @@ def _execute_wave(jobs: list[Job], n_jobs: int, backend: str, client, slurm: dic
 
 
 def _execute_slurm(jobs: list[Job], slurm: dict) -> list[Outcome]:
-    """One job array per wave (a wave's runs are independent of each other)."""
+    """One job array per wave (a wave's runs are independent of each other).  Each task is a
+    `requeue.RequeueableRun`: on SLURM's signal before the time limit or at preemption it checkpoints
+    at the next batch boundary and requeues itself; the future's result is the run's final outcome."""
     import submitit
+    from submitit.core.utils import UncompletedJobError
+
+    from study.requeue import RequeueableRun
 
     folder = slurm.pop("folder", "slurm_logs")
-    executor = submitit.AutoExecutor(folder=folder, cluster=slurm.pop("cluster", None))
+    timeouts = slurm.pop("max_num_timeout", None)  # requeues after a time limit (not preemptions); submitit: 3
+    executor = submitit.AutoExecutor(folder=folder, cluster=slurm.pop("cluster", None),
+                                     **({"slurm_max_num_timeout": int(timeouts)} if timeouts is not None else {}))
     executor.update_parameters(**slurm)
-    futures = executor.map_array(run_one, jobs)
-    return [f.result() for f in futures]
+    futures = executor.map_array(RequeueableRun(), jobs)
+    outcomes = []
+    for job, future in zip(jobs, futures):
+        try:
+            outcomes.append(future.result())
+        except UncompletedJobError as e:  # e.g. requeued too often, or killed outright
+            why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+            outcomes.append(Outcome(job.cfg.name, INTERRUPTED, f"job ended before the run did ({why}); its "
+                                    "checkpoint is kept and it resumes on the next run"))
+    return outcomes
 
 
 def mark_killed(grid: Grid, tracking_uri: str) -> None:

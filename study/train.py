@@ -2,8 +2,10 @@
 
 `train(cfg, ...)` is the whole life of a run.  It is seeded; it checkpoints after every epoch (model,
 optimiser, schedule, RNG and data-order state, the method's structural changes and the metric
-history) and resumes from the newest good checkpoint, so a killed run finishes with the metrics an
-uninterrupted one would have had (bitwise on CPU at a fixed thread count; `tests/test_resume.py`).
+history), and mid-epoch when `mid_epoch` says so (every N minutes, or at once before a preemption:
+`study/preempt.py`), and resumes from the newest good checkpoint, so a killed run finishes with the
+metrics an uninterrupted one would have had (bitwise on CPU at a fixed thread count;
+`tests/test_resume.py`, `tests/test_preempt.py`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from study import checkpoint, env
+from study import checkpoint, env, preempt
 from study.env import resolve_precision
 from study.config import RunConfig
 from study.recipe import WeightAverage, decay_groups, norm_and_bias_names
@@ -77,6 +79,7 @@ class Result:
     model: nn.Module | None = None
     args: dict = field(default_factory=dict)
     precision: str = "fp32"
+    resumed_from: str | None = None  # where this call started: "epoch E batch B/N", None if from scratch
 
 
 def summarize(history: list[dict], primary: str = "acc") -> dict:
@@ -123,14 +126,22 @@ def _rng_state(loader) -> dict:
     return {"torch": torch.get_rng_state(), "loader": loader.generator.get_state()}
 
 
+def _where(epoch: int, batch: int, steps_per_epoch: int) -> str:
+    return f"epoch {epoch + 1} batch {batch}/{steps_per_epoch}"
+
+
 def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, device: str | None = None,
-          on_epoch: Callable[[dict], None] | None = None, resolved_args: dict | None = None) -> Result:
+          on_epoch: Callable[[dict], None] | None = None, resolved_args: dict | None = None,
+          mid_epoch: preempt.MidEpoch | None = None) -> Result:
     """Train `cfg` to the end (resuming from `checkpoint_dir` if it holds a good checkpoint).
 
     `on_epoch(metrics)` is called for every epoch of the history: first for the epochs restored from a
     checkpoint (a caller killed between checkpoint and logging catches up on them; it ignores the ones
     it already has), then for each newly finished epoch, after that epoch is checkpointed.
     `resolved_args` are the method's arguments with any budget search already done.
+    `mid_epoch`, asked after every optimiser step, says when to checkpoint in the middle of an epoch
+    (with the data-order position: the epoch, the batches done and the train loader's generator state
+    at the epoch's start); on a preemption request it raises `preempt.Preempted` once that is on disk.
     """
     device = env.device(device)
     arch, method, task = get_arch(cfg.arch), get_method(cfg.method), get_task(get_arch(cfg.arch).task)
@@ -146,7 +157,7 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
     steps_per_epoch = len(loaders.train)
 
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, position, resumed_from = 0, None, None
     state = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
     if state is not None:
         model = method.restore(model, resolved_args, state["structure"])
@@ -163,7 +174,9 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
     opt, sched = make_optimizer(model, cfg, steps_per_epoch, 0, method.no_weight_decay(model))
     if state is not None:
         model.load_state_dict(state["model"])
-        opt, sched = make_optimizer(model, cfg, steps_per_epoch, state["epoch"] * steps_per_epoch,
+        position = state.get("position")  # mid-epoch: {"batch", "loader", accumulators}; else None
+        opt, sched = make_optimizer(model, cfg, steps_per_epoch,
+                                    state["epoch"] * steps_per_epoch + (position["batch"] if position else 0),
                                     method.no_weight_decay(model))
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -172,28 +185,43 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
         torch.set_rng_state(state["rng"]["torch"])
         loaders.train.generator.set_state(state["rng"]["loader"])
         history, start_epoch = list(state["history"]), state["epoch"]
+        resumed_from = _where(start_epoch, position["batch"] if position else 0, steps_per_epoch)
         for metrics in history if on_epoch else ():
             on_epoch(metrics)
     forward = torch.compile(model) if cfg.compile else model
     total_steps = cfg.epochs * steps_per_epoch
 
+    def snapshot(epochs_done: int, **extra) -> dict:
+        return {"epoch": epochs_done, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(loaders.train),
+                **({"average": average.state_dict()} if average is not None else {}),
+                "structure": method.structure(model), "history": history, "config_hash": cfg.hash(), **extra}
+
     for epoch in range(start_epoch, cfg.epochs):
-        changed = method.on_epoch_start(model, resolved_args, epoch, cfg.epochs)
-        if changed is not model:  # the method reshaped the network: new parameters, new optimiser
-            model, average = prepare(changed)
-            opt, sched = make_optimizer(model, cfg, steps_per_epoch, epoch * steps_per_epoch,
-                                        method.no_weight_decay(model))
-            forward = torch.compile(model) if cfg.compile else model
-        elif average is not None and not average.follows(model):  # masks appeared in place: pruning began
-            average = WeightAverage(model, cfg.ema_decay)
+        resuming = position is not None and epoch == start_epoch
+        if not resuming:  # a resumed epoch has started already: the method's changes are in the checkpoint
+            changed = method.on_epoch_start(model, resolved_args, epoch, cfg.epochs)
+            if changed is not model:  # the method reshaped the network: new parameters, new optimiser
+                model, average = prepare(changed)
+                opt, sched = make_optimizer(model, cfg, steps_per_epoch, epoch * steps_per_epoch,
+                                            method.no_weight_decay(model))
+                forward = torch.compile(model) if cfg.compile else model
+            elif average is not None and not average.follows(model):  # masks appeared in place: pruning began
+                average = WeightAverage(model, cfg.ema_decay)
         if hasattr(loaders.train, "set_epoch"):
             loaders.train.set_epoch(epoch)
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for i, (x, y) in enumerate(loaders.train):
+        seen, first = 0, 0
+        if resuming:  # the epoch's order again (its generator state at the start), from the next batch
+            loaders.train.generator.set_state(position["loader"])
+            loss_sum += position["loss_sum"].to(device)
+            correct += position["correct"].to(device)
+            seen, first, t0 = position["seen"], position["batch"], t0 - position["seconds"]
+        epoch_start = loaders.train.generator.get_state()
+        for i, (x, y) in enumerate(preempt.batches_from(loaders.train, first), start=first):
             loss, out = train_step(forward, x, y, opt, sched, scaler, task, cfg, autocast)
             method.on_step(model, resolved_args, epoch * steps_per_epoch + i + 1, total_steps)
             if average is not None:
@@ -202,6 +230,13 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
             if task.classifies:  # segmentation reports pixel metrics at evaluation
                 correct += (out.argmax(1) == y).sum()
             seen += len(y)
+            why = mid_epoch.due() if mid_epoch is not None else None
+            if why is not None:
+                if checkpoint_dir:
+                    checkpoint.save(checkpoint_dir, epoch, snapshot(epoch, position={
+                        "batch": i + 1, "loader": epoch_start, "loss_sum": loss_sum.cpu(),
+                        "correct": correct.cpu(), "seen": seen, "seconds": time.perf_counter() - t0}), batch=i + 1)
+                mid_epoch.saved(why, _where(epoch, i + 1, steps_per_epoch))
         train_loss = float(loss_sum) / seen
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1}")
@@ -215,17 +250,15 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
                    "epoch_seconds": time.perf_counter() - t0}
         history.append(metrics)
         if checkpoint_dir:
-            checkpoint.save(checkpoint_dir, epoch + 1, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(loaders.train),
-                **({"average": average.state_dict()} if average is not None else {}),
-                "structure": method.structure(model), "history": history, "config_hash": cfg.hash()})
+            checkpoint.save(checkpoint_dir, epoch + 1, snapshot(epoch + 1))
         if on_epoch:
             on_epoch(metrics)
+        if mid_epoch is not None:
+            mid_epoch.epoch_saved(_where(epoch + 1, 0, steps_per_epoch), last_epoch=epoch + 1 == cfg.epochs)
 
     if average is not None:  # the averaged network is the one evaluated, so it is the one reported
         for averaged, live in zip(average.module.parameters(), model.parameters()):
             averaged.requires_grad_(live.requires_grad)  # its accounting: trainable as the live network was
         model = average.module
     return Result(history=history, summary=summarize(history, task.primary), model=model,
-                  args=resolved_args, precision=precision)
+                  args=resolved_args, precision=precision, resumed_from=resumed_from)

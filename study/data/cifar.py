@@ -209,6 +209,11 @@ class CifarLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, start: int):
+        """This epoch's batches from index `start` on: the order and augmentation are drawn for the whole
+        epoch as usual (same generator use), the skipped batches are not built (a mid-epoch resume)."""
         n = len(self.y)
         order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
         if self.train:
@@ -217,7 +222,7 @@ class CifarLoader:
                 flips = self.first_flips ^ bool(self.epoch % 2)
             else:
                 flips = torch.rand(n, generator=self.generator) < 0.5
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.x[idx.to(self.device)]
             if self.train:

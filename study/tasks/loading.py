@@ -24,6 +24,7 @@ class SeededSampler(Sampler):
 
     def __init__(self, n: int, generator: torch.Generator | None = None, shuffle: bool = True):
         self.n, self.generator, self.shuffle = n, generator, shuffle
+        self.start = 0  # the next pass yields from this position on (a mid-epoch resume), then 0 again
 
     def __len__(self):
         return self.n
@@ -34,7 +35,8 @@ class SeededSampler(Sampler):
             seeds = torch.randint(0, 2 ** 62, (self.n,), generator=self.generator).tolist()
         else:
             order, seeds = range(self.n), [None] * self.n
-        return iter(list(zip(order, seeds)))
+        start, self.start = self.start, 0
+        return iter(list(zip(order, seeds))[start:])
 
 
 class SampleView(Dataset):
@@ -73,6 +75,12 @@ class DeviceLoader:
 
     def __len__(self):
         return len(self.loader)
+
+    def iter_from(self, start: int):
+        """This epoch's batches from index `start` on: the sampler draws the whole epoch's order and
+        seeds as usual and skips the first `start` batches' samples, which are not loaded."""
+        self.loader.sampler.start = start * self.loader.batch_size
+        return iter(self)
 
     def __iter__(self):
         for x, y in self.loader:
