@@ -90,9 +90,7 @@ def _check_store_exists(uri: str) -> None:
 def logged_to(exps, names: set[str], uri: str) -> str:
     """The store the runs were logged to: `uri`, unless they were loaded there from a portable export
     (`python -m analysis load-study`), whose experiments name the store they came from."""
-    from analysis.portable import SOURCE_TAG
-
-    sources = {e.tags.get(SOURCE_TAG) for e in exps if e.name in names}
+    sources = {e.tags.get(schema.SOURCE_TAG) for e in exps if e.name in names}
     return sources.pop() if len(sources) == 1 and None not in sources else uri
 
 

@@ -25,7 +25,7 @@ from analysis.load import AnalysisError, _check_store_exists, _client, _quiet_ml
 from study import schema
 
 FORMAT_VERSION = 1
-SOURCE_TAG = "study.source_tracking_uri"  # on an experiment loaded from a portable export: where it was logged
+SOURCE_TAG = schema.SOURCE_TAG
 FILES = ("README.md", "experiments.jsonl", "runs.jsonl", "metrics.csv")
 
 FORMAT = """# Portable runs

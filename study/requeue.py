@@ -26,17 +26,21 @@ from study import preempt
 
 
 class RequeueableRun(Checkpointable):
-    """`RequeueableRun()(job)`: `runner.run_one(job)` inside a submitit job, requeued on preemption."""
+    """`RequeueableRun(run_one)(job)`: `run_one(job)` inside a submitit job, requeued on preemption.
+
+    The runner hands in its own `run_one` (pickled by reference), so that this module, which the
+    runner imports, never imports the runner."""
+
+    def __init__(self, run_one):
+        self.run_one = run_one
 
     def __call__(self, job):
-        from study.runner import run_one
-
         signum = JobEnvironment._usr_sig()
         submitits = signal.getsignal(signum)  # installed by submitit before it called us
         preempt.clear()
         preempt.defer(signum)
         try:
-            return run_one(job)
+            return self.run_one(job)
         except preempt.Preempted:
             if not callable(submitits):  # not inside a submitit job: nothing to requeue through
                 raise
@@ -45,4 +49,4 @@ class RequeueableRun(Checkpointable):
 
     def checkpoint(self, job) -> DelayedSubmission:
         """The same run again: its state is in its checkpoint folder and the tracking store."""
-        return DelayedSubmission(type(self)(), job)
+        return DelayedSubmission(type(self)(self.run_one), job)

@@ -371,7 +371,7 @@ def _execute_slurm(jobs: list[Job], slurm: dict) -> list[Outcome]:
     executor = submitit.AutoExecutor(folder=folder, cluster=slurm.pop("cluster", None),
                                      **({"slurm_max_num_timeout": int(timeouts)} if timeouts is not None else {}))
     executor.update_parameters(**slurm)
-    futures = executor.map_array(RequeueableRun(), jobs)
+    futures = executor.map_array(RequeueableRun(run_one), jobs)
     outcomes = []
     for job, future in zip(jobs, futures):
         try:

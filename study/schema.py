@@ -46,6 +46,7 @@ DERIVED_PARAMS = ["budget_count", "knob", "precision_used"]
 
 # tags
 CONFIG_KEYS_TAG = "config_keys"    # JSON list of the RunConfig fields among the params, in field order
+SOURCE_TAG = "study.source_tracking_uri"  # on an experiment loaded from a portable export: the store it was logged to
 METHOD_LABEL_TAG = "method_label"  # the method as shown ("plain" for method "none")
 VARIANT_TAG = "variant"            # the method's arguments as shown (`variant_label`)
 VARIANT_NAME_TAG = "variant_name"  # a baseline's procedure in its own words (`Method.variant`), or ""
