@@ -344,15 +344,14 @@ class Evidence:
             for (_, short), (_, long) in zip(g.iloc[:-1].iterrows(), g.iloc[1:].iterrows()):
                 wanted.append(inference.gap_change(long["group"], long["csg_group"], short["group"], short["csg_group"]))
                 labels.append((long, short))
-        results = self.family(wanted)
-        out = []
-        for (long, short), res in zip(labels, results):
+
+        def sentence(long, short, res) -> str:
             who = "plain" if long["relation"] == "plain network" else long["method_label"]
-            out.append(f"{cap(when([short['epochs'], long['epochs']]))}, CSG {long['csg_variant']} ({long['arch']}) "
-                       f"against {who}: ({who} − CSG) {when(long['epochs'])} minus {when(short['epochs'])} = "
-                       f"{self.fmt(res)}; "
-                       f"{self.verdict(res, 'the gap widens with training', 'the gap narrows with training')}.")
-        return out
+            trend = self.verdict(res, "the gap widens with training", "the gap narrows with training")
+            return (f"{cap(when([short['epochs'], long['epochs']]))}, CSG {long['csg_variant']} ({long['arch']}) "
+                    f"against {who}: ({who} − CSG) {when(long['epochs'])} minus {when(short['epochs'])} = "
+                    f"{self.fmt(res)}; {trend}.")
+        return [sentence(long, short, res) for (long, short), res in zip(labels, self.family(wanted))]
 
     def paper(self) -> list[str]:
         out = []
