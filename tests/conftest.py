@@ -8,16 +8,20 @@ CI must never pass by skipping the real-data tests.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-# Two cores are shared with other workers: keep every test process (and the `python -m study ...`
-# subprocesses the tests start) to two threads.  On a loaded machine OpenMP's default spin-waiting
-# makes two threads ~100x slower than one on small convolutions; a passive wait policy avoids that.
+# The suite runs in one pytest-xdist worker per core (tests/run.sh: `-n auto`), and the cores are shared
+# out among the workers: each test process (and each `python -m study ...` it starts) gets its share,
+# at most two threads.  Training the tiny test networks on one thread per worker uses the cores better
+# than two threads in one process.  On a loaded machine OpenMP's default spin-waiting makes two threads
+# ~100x slower than one on small convolutions; a passive wait policy avoids that.
 # Both must be in the environment before torch (and its OpenMP runtime) is first imported.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("MKL_NUM_THREADS", "2")
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
@@ -26,7 +30,14 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# Ctrl-C must reach the tests (and the processes they start) as it does from a terminal.  A shell that
+# starts the suite in the background (`nohup ... &`) sets SIGINT to "ignore", Python then installs no
+# KeyboardInterrupt handler, and every child inherits the ignoring: the Ctrl-C tests would see nothing.
+# A handler (unlike "ignore") is reset to the default in each child, which then installs its own.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def in_ci() -> bool:

@@ -23,4 +23,5 @@ for f in RN56_ORG RN56_1616-128 DNBC4036-CSG1212-72 SHUFFLENETV2 SHUFFLENETV2_CS
     break
   fi
 done
-exec python -m pytest -q -p no:cacheprovider "$@"
+# one worker per core (pytest-xdist); each test file stays in one worker, so its module fixtures are built once
+exec python -m pytest -q -p no:cacheprovider -n auto --dist loadfile "$@"

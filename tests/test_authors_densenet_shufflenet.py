@@ -17,7 +17,6 @@ from conftest import REPO
 from study.authors import evaluate, load_model, read
 from study.csg import generated_convs
 
-torch.set_num_threads(2)
 
 SHARED = REPO.parent / "shared"
 AUTHORS = SHARED / "pretrained" / "authors"

@@ -31,7 +31,7 @@ def grid_run(tmp_path_factory, data_root, cli):
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(GRID))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    argv = ["run", path, "--data-root", data_root, "--tracking-uri", uri, "--output", tmp / "out", "--threads", "2"]
+    argv = ["run", path, "--data-root", data_root, "--tracking-uri", uri, "--output", tmp / "out", "--threads", "1"]
     first = cli(*argv)
     assert first.returncode == 0, first.stdout + first.stderr
     return {"path": path, "uri": uri, "argv": argv, "first": first, "tmp": tmp}

@@ -15,7 +15,6 @@ SMALL = dict(arch="resnet20", epochs=3, batch_size=128, lr=0.1, schedule="onecyc
 
 @pytest.fixture(scope="module")
 def trained(data_root):
-    torch.set_num_threads(2)
     runs = {}
     for method, args in (("none", {}), ("csg", {"slice": 16, "code_dim": 32})):
         cfg = RunConfig(method=method, method_args=args, **SMALL)

@@ -20,7 +20,6 @@ from study.tasks import ImageNetTask, VOCTask
 from study.tasks.voc import confusion_matrix, segmentation_scores
 from visiontrees import VOC_SIZES, VOC_VAL, imagenet_tree, voc_tree
 
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from study.methods import build
 from study.methods.csg import recipe
 from study.models import ARCHS, get_arch
 
-torch.set_num_threads(2)
 
 # arch -> (plain total, CSG args, CSG total); the authors' numbers where they exist (README, Ground truth)
 COUNTS = {
