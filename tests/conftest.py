@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,17 +54,19 @@ def need(ok: bool, why: str) -> None:
     pytest.skip(why)
 
 
-def _data_root() -> Path:
+def shared_data_root() -> Path:
+    """Where the tests look for CIFAR-10: `STUDY_DATA_ROOT`, else `../shared/data` beside the repository."""
     return Path(os.environ.get("STUDY_DATA_ROOT") or REPO.parent / "shared" / "data")
 
 
-def _authors_dir() -> Path:
+def shared_authors_dir() -> Path:
+    """Where the tests look for the authors' checkpoints: `STUDY_AUTHORS_DIR`, else `../shared/pretrained/authors`."""
     return Path(os.environ.get("STUDY_AUTHORS_DIR") or REPO.parent / "shared" / "pretrained" / "authors")
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    root = _data_root()
+    root = shared_data_root()
     need((root / "cifar-10-batches-bin").is_dir() or (root / "cifar-10-batches-py").is_dir(),
          f"CIFAR-10 not found under {root} (set STUDY_DATA_ROOT to a folder holding "
          "cifar-10-batches-bin/ or cifar-10-batches-py/)")
@@ -79,7 +82,7 @@ def cifar(data_root):
 
 @pytest.fixture(scope="session")
 def authors_dir() -> Path:
-    d = _authors_dir()
+    d = shared_authors_dir()
     need((d / "RN56_ORG.t7").is_file() and (d / "RN56_1616-128.t7").is_file(),
          f"the authors' checkpoints are not in {d} (set STUDY_AUTHORS_DIR)")
     return d
@@ -102,3 +105,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 def cli():
     """`cli("params", "--arch", ...)` runs `python -m study ...` and returns the CompletedProcess."""
     return run_cli
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Crash(RuntimeError):
+    """Raised by a test's callback to stop training at a chosen point, as a crash would."""
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    """A run's per-epoch history without its wall-clock entries: what must match bitwise between two runs."""
+    return [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in history]

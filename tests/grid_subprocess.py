@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, shared_data_root
+from study import schema
 
 
 TINY = {  # real CIFAR-10, a few seconds an epoch
@@ -29,7 +30,7 @@ def study(*args: str, env: dict | None = None, timeout: float = 600, **popen) ->
                           timeout=timeout, env={**os.environ, **(env or {})}, **popen)
 
 
-DATA_ROOT = os.environ.get("STUDY_DATA_ROOT") or str(REPO.parent / "shared" / "data")
+DATA_ROOT = str(shared_data_root())
 
 
 def grid_args(grid: Path, store: Path, *extra: str) -> list[str]:
@@ -54,3 +55,17 @@ def runs(store_uri: str, experiment: str):
     client = MlflowClient(store_uri)
     exp = client.get_experiment_by_name(experiment)
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
+
+
+def each_epoch_once(store_uri: str, experiment: str, n_runs: int, epochs: int) -> list:
+    """One FINISHED MLflow run per config, each with every per-epoch metric at steps 1..epochs exactly once
+    and its headline; returns the runs."""
+    client, found = runs(store_uri, experiment)
+    assert sorted(r.info.status for r in found) == ["FINISHED"] * n_runs
+    assert len({r.data.tags["config_hash"] for r in found}) == n_runs
+    for r in found:
+        for key in schema.EPOCH_METRICS:
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (r.info.run_name, key, steps)
+        assert schema.HEADLINE in r.data.metrics and "params_total" in r.data.metrics
+    return found

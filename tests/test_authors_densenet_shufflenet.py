@@ -7,37 +7,26 @@ DenseNet-BC-40 (k=36) needs ~1.3 GFLOP per image, so its test alone takes a few 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import need, shared_authors_dir
 from study.authors import evaluate, load_model, read
 from study.csg import generated_convs
 
-
-SHARED = REPO.parent / "shared"
-AUTHORS = SHARED / "pretrained" / "authors"
+AUTHORS = shared_authors_dir()
 
 
 def _need(path: Path) -> Path:
-    if not path.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{path} is missing (CI=true: the authors' checkpoints and CIFAR-10 must be present)")
-        pytest.skip(f"{path} is missing")
+    need(path.exists(), f"{path} is missing")
     return path
 
 
 @pytest.fixture(scope="module")
-def cifar_test():
-    from study.data.cifar import load_cifar10
-
-    root = Path(os.environ.get("STUDY_DATA_ROOT") or SHARED / "data")
-    _need(root)
-    data = load_cifar10(root)
-    return data.test_x, data.test_y
+def cifar_test(cifar):
+    return cifar.test_x, cifar.test_y
 
 
 # file, arch, expected CSG arguments (None = plain), generated layers

@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import http.server
 import shutil
-import socket
 import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 
 CKPT = "RN56_ORG"
 PIN_PATH = "Pretrained_Models/RN56_ORG/ckpt.t7"
@@ -56,12 +55,6 @@ def server(tmp_path):
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _one_line_exit_2(proc):
@@ -128,11 +121,11 @@ def test_a_truncated_transfer_is_refused_and_not_saved(server, authors_dir, tmp_
 
 def test_a_server_that_is_down_is_one_line(tmp_path):
     out = tmp_path / "authors"
-    line = _one_line_exit_2(_fetch_ckpt(f"http://127.0.0.1:{_free_port()}", out))
+    line = _one_line_exit_2(_fetch_ckpt(f"http://127.0.0.1:{free_port()}", out))
     assert "cannot download" in line and "offline" in line
     _no_partials(out)
     cifar = run_cli("fetch", "cifar10", "--data-root", tmp_path / "data", "--cifar-url",
-                    f"http://127.0.0.1:{_free_port()}/cifar-10-binary.tar", "--timeout", "20")
+                    f"http://127.0.0.1:{free_port()}/cifar-10-binary.tar", "--timeout", "20")
     assert "cannot download" in _one_line_exit_2(cifar)
     _no_partials(tmp_path / "data")
 

@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from study import accounting, methods

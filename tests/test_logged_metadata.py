@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from grid_subprocess import DATA_ROOT, run_grid, runs, study, uri, write_grid
+from conftest import REPO
+from grid_subprocess import run_grid, runs, study, uri, write_grid
 from study import schema
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = {"epochs": 2, "train_subset": 256, "val_size": 128, "test_subset": 128}
 BLOCKS = [{"name": "plain", "method": "none"},
           {"name": "csg8", "method": "csg", "method_args": {"slice": 16, "code_dim": 8}},

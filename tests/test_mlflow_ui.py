@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from conftest import need
+from conftest import REPO, free_port, need
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")  # Debian's package
@@ -41,12 +39,6 @@ TINY_GRID = {
                  "warmup_epochs": 1, "train_subset": 384, "val_size": 128, "test_subset": 128},
     "grid": [{"method": "none"}, {"method": "csg", "method_args": {"slice": 16, "code_dim": 72}}],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening_addresses(port: int) -> list[str]:
@@ -148,7 +140,7 @@ def test_mlflow_ui_shows_the_study_in_a_browser(tmp_path, harness_store):
     from study.mlflow_ui import ui_path
 
     uri, exp_id, run_ids = harness_store
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "ui.log", "w")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "analysis", "ui", "--tracking-uri", uri, "--port", str(port)],

@@ -21,8 +21,9 @@ import psutil
 import pytest
 import torch
 
-from grid_subprocess import popen_grid, run_grid, runs, uri, write_grid
-from study import checkpoint, preempt
+from conftest import Crash, without_timing
+from grid_subprocess import each_epoch_once, popen_grid, run_grid, runs, uri, write_grid
+from study import checkpoint, preempt, schema
 from study import grid as grid_mod
 from study.config import RunConfig
 from study.train import train
@@ -33,7 +34,6 @@ EPOCHS, BATCHES = 2, 8  # 256 training images in batches of 32
 SMALL = dict(epochs=EPOCHS, batch_size=32, train_subset=256, val_size=128, test_subset=128)
 BLOCKS = [{"method": "none"}]  # one run: the machine is shared; the job array of several is test_scaleout's
 TIMER = "0.0008"  # --checkpoint-minutes: a mid-epoch checkpoint about every 50 ms, i.e. after every batch or so
-EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds")
 FINAL = ("final_test_acc", "test_acc_at_best_val", "best_val_acc", "final_val_acc", "params_total")
 
 
@@ -56,21 +56,9 @@ def _results(store: Path, experiment: str = "preempt") -> dict:
     for r in found:
         history = {k: [(m.step, m.value) for m in sorted(client.get_metric_history(r.info.run_id, k),
                                                           key=lambda m: m.step)]
-                   for k in EPOCH_METRICS if k != "epoch_seconds"}
+                   for k in schema.EPOCH_METRICS if k != "epoch_seconds"}
         out[r.data.tags["config_hash"]] = {"final": {k: r.data.metrics[k] for k in FINAL}, "history": history}
     return out
-
-
-def _each_epoch_once(store: Path, n_runs: int, experiment: str = "preempt") -> list:
-    """One FINISHED MLflow run per config, and every epoch metric at steps 1..EPOCHS exactly once."""
-    client, found = runs(uri(store), experiment)
-    assert sorted(r.info.status for r in found) == ["FINISHED"] * n_runs
-    assert len({r.data.tags["config_hash"] for r in found}) == n_runs
-    for r in found:
-        for key in EPOCH_METRICS:
-            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
-            assert sorted(steps) == list(range(1, EPOCHS + 1)), (r.info.run_name, key, steps)
-    return found
 
 
 def _tasks(launcher: subprocess.Popen) -> list[psutil.Process]:
@@ -128,7 +116,7 @@ def test_slurm_preemption_checkpoints_mid_epoch_requeues_and_matches_an_uninterr
     proc.wait(timeout=600)
     assert proc.returncode == 0, proc.returncode
 
-    found = _each_epoch_once(tmp_path, len(BLOCKS))
+    found = each_epoch_once(uri(tmp_path), "preempt", len(BLOCKS), EPOCHS)
     for r in found:
         stopped = re.fullmatch(rf"epoch (\d) batch (\d+)/{BATCHES} \(SIGUSR2\); requeued", r.data.tags["preempted"])
         assert stopped, r.data.tags["preempted"]
@@ -155,7 +143,7 @@ def test_timer_checkpoint_mid_epoch_then_kill_9_resumes_from_that_batch(tmp_path
 
     again = run_grid(grid, tmp_path, timeout=1200)  # the same command, no timer; a loaded machine is slow
     assert again.returncode == 0, again.stderr
-    found = _each_epoch_once(tmp_path, len(BLOCKS))
+    found = each_epoch_once(uri(tmp_path), "preempt", len(BLOCKS), EPOCHS)
     first = next(r for r in found if r.data.tags["config_hash"] == folder.name)
     assert first.data.tags["resumed_from"] == f"epoch {epochs_done + 1} batch {batch}/{BATCHES}"
     assert "preempted" not in first.data.tags
@@ -170,15 +158,7 @@ TINY = RunConfig(arch="resnet20", method="none", epochs=2, batch_size=64, lr=0.0
 def tiny_reference(data_root) -> list[dict]:
     """TINY trained without interruption, in this process at one thread (epoch times left out)."""
     torch.set_num_threads(1)
-    return _strip(train(TINY, data_root).history)
-
-
-def _strip(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in history]
-
-
-class Crash(RuntimeError):
-    pass
+    return without_timing(train(TINY, data_root).history)
 
 
 class CrashAfter(preempt.MidEpoch):
@@ -232,7 +212,7 @@ def test_a_preemption_request_checkpoints_at_the_next_batch_and_resumes_bitwise(
     assert checkpoint.position(checkpoint.candidates(tmp_path)[0]) == (1, 3)
     resumed = train(cfg, data_root, tmp_path)
     assert resumed.resumed_from == "epoch 2 batch 3/4"
-    assert _strip(resumed.history) == tiny_reference
+    assert without_timing(resumed.history) == tiny_reference
 
 
 def test_timer_checkpoints_on_a_controlled_clock_resume_bitwise(tmp_path, data_root, tiny_reference):
@@ -245,7 +225,7 @@ def test_timer_checkpoints_on_a_controlled_clock_resume_bitwise(tmp_path, data_r
     assert [checkpoint.position(p) for p in checkpoint.candidates(tmp_path)] == [(1, 2), (1, 0)]
     resumed = train(cfg, data_root, tmp_path)
     assert resumed.resumed_from == "epoch 2 batch 2/4"
-    assert _strip(resumed.history) == tiny_reference
+    assert without_timing(resumed.history) == tiny_reference
 
 
 def test_epoch_checkpoints_of_the_previous_format_still_resume(tmp_path, data_root, tiny_reference):
@@ -264,7 +244,7 @@ def test_epoch_checkpoints_of_the_previous_format_still_resume(tmp_path, data_ro
     assert "position" not in state and path.name.startswith("epoch0001-")
     resumed = train(cfg, data_root, tmp_path)
     assert resumed.resumed_from == "epoch 2 batch 0/4"
-    assert _strip(resumed.history) == tiny_reference
+    assert without_timing(resumed.history) == tiny_reference
 
 
 def test_checkpoint_names_sort_mid_epoch_between_epoch_ends(tmp_path):

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from conftest import REPO
+from conftest import REPO, Crash, without_timing
 from grid_subprocess import DATA_ROOT, TINY, uri
 from study import checkpoint, grid
 from study.cli import main
@@ -49,10 +49,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def _recipe_cfg(method: str = "none", method_args: dict | None = None, **overrides) -> RunConfig:
     """A tiny real-data run with the whole fast recipe switched on."""
     return RunConfig(**{"arch": "resnet20", "method": method, "method_args": method_args or {},
@@ -60,10 +56,6 @@ def _recipe_cfg(method: str = "none", method_args: dict | None = None, **overrid
                         "schedule": "onecycle", "warmup_epochs": 1, "label_smoothing": 0.1,
                         "train_subset": 512, "val_size": 256, "test_subset": 256,
                         "ema_decay": 0.99, "no_decay_norm_bias": True, "flip": "alternating", **overrides})
-
-
-def _strip(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in history]
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -123,7 +115,7 @@ def test_killed_run_resumes_bitwise_with_its_weight_average(tmp_path, data_root,
     assert checkpoint.candidates(tmp_path)[0].name.startswith(f"epoch{kill_after:04d}")
     resumed = train(cfg, data_root, tmp_path)
 
-    assert _strip(resumed.history) == _strip(uninterrupted.history)  # bitwise: every metric of every epoch
+    assert without_timing(resumed.history) == without_timing(uninterrupted.history)  # bitwise: every metric of every epoch
     _assert_same_state(resumed.model.state_dict(), uninterrupted.model.state_dict())
     _assert_same_state(checkpoint.load_latest(tmp_path)["model"], live)  # the live network too
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import Crash, without_timing
 from grid_subprocess import REPO, popen_grid, run_grid, runs, uri, write_grid
 from study import checkpoint
 from study.config import RunConfig
@@ -65,10 +66,6 @@ def _tiny_cfg(**overrides) -> RunConfig:
                         "train_subset": 384, "val_size": 256, "test_subset": 256, **overrides})
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_epochs_checkpointed_but_never_reported_are_reported_on_resume(tmp_path, data_root):
     torch.set_num_threads(1)
     cfg, reported = _tiny_cfg(epochs=2), []
@@ -101,8 +98,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path, data_r
 
     resumed = train(cfg, data_root, tmp_path)
     assert "unusable" in caplog.text
-    strip = lambda h: [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in h]  # noqa: E731
-    assert strip(resumed.history) == strip(uninterrupted)
+    assert without_timing(resumed.history) == without_timing(uninterrupted)
 
 
 def test_no_good_checkpoint_means_a_fresh_start(tmp_path):

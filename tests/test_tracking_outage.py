@@ -8,7 +8,6 @@ the store missed.  Everything is asserted on the store's contents.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from grid_subprocess import DATA_ROOT, REPO, write_grid
+from conftest import free_port
+from grid_subprocess import DATA_ROOT, REPO, each_epoch_once, write_grid
 from study import checkpoint
 from study import grid as grid_mod
 
 pytestmark = pytest.mark.slow
-EPOCH_METRICS = ("train_loss", "val_acc", "test_acc", "lr", "epoch_seconds")
 SMALL = dict(train_subset=256, val_size=128, test_subset=128, batch_size=64)
 
 
@@ -31,9 +30,7 @@ class Server:
     """`mlflow server` on 127.0.0.1 at a fixed port and SQLite file, stopped and started at will."""
 
     def __init__(self, folder: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.folder, self.proc = folder, None
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -112,21 +109,6 @@ def _wait(condition, proc: subprocess.Popen, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _each_epoch_once(url: str, experiment: str, n_runs: int, epochs: int) -> list:
-    """Every run FINISHED, one MLflow run per config, every epoch metric at steps 1..epochs once."""
-    client = MlflowClient(url)
-    exp = client.get_experiment_by_name(experiment)
-    found = client.search_runs([exp.experiment_id])
-    assert sorted(r.info.status for r in found) == ["FINISHED"] * n_runs
-    assert len({r.data.tags["config_hash"] for r in found}) == n_runs
-    for r in found:
-        for key in EPOCH_METRICS:
-            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
-            assert steps == list(range(1, epochs + 1)), (r.info.run_name, key, steps)
-        assert "test_acc_at_best_val" in r.data.metrics and "params_total" in r.data.metrics
-    return found
-
-
 def test_a_server_restart_mid_grid_costs_no_run_and_no_metric(tmp_path, data_root, server):
     epochs = 5
     grid = write_grid(tmp_path, "restart", [{"method": "none"}, {"method": "csg", "method_args": {"code_dim": 16}}],
@@ -144,7 +126,7 @@ def test_a_server_restart_mid_grid_costs_no_run_and_no_metric(tmp_path, data_roo
     server.start()
     output = _finish(proc, 900)
     assert proc.returncode == 0, output
-    _each_epoch_once(server.url, "restart", 2, epochs)
+    each_epoch_once(server.url, "restart", 2, epochs)
 
 
 def test_a_server_away_past_the_bound_interrupts_the_run_which_resumes_losing_nothing(tmp_path, data_root,
@@ -172,6 +154,6 @@ def test_a_server_away_past_the_bound_interrupts_the_run_which_resumes_losing_no
     again = _launch(grid, tmp_path / "out", server.url)
     output = _finish(again, 900)
     assert again.returncode == 0, output
-    (resumed,) = _each_epoch_once(server.url, "away", 1, epochs)
+    (resumed,) = each_epoch_once(server.url, "away", 1, epochs)
     assert resumed.info.run_id == run.info.run_id  # the same MLflow run, continued
     assert not (folder / "INTERRUPTED").exists()
