@@ -96,9 +96,9 @@ def mismatch(pin: Pin, path: Path) -> str | None:
 
 def _cifar_problem(root: Path) -> str | None:
     """Why `root` does not hold a complete, official CIFAR-10 (a corrupt file named before a missing one)."""
-    from study.data.cifar import BIN_FILES, PY_FILES, md5
+    from study.data.cifar import BIN_FILES, md5, py_files
 
-    for folder, files in (("cifar-10-batches-bin", BIN_FILES), ("cifar-10-batches-py", PY_FILES)):
+    for folder, files in (("cifar-10-batches-bin", BIN_FILES), ("cifar-10-batches-py", py_files())):
         base = root / folder
         if not base.is_dir():
             continue

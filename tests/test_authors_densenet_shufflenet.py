@@ -16,6 +16,7 @@ from conftest import need, shared_authors_dir
 from study.authors import evaluate, load_model, read
 from study.csg import generated_convs
 
+pytestmark = pytest.mark.slow
 AUTHORS = shared_authors_dir()
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10
 
 MEAN = (0.4914, 0.4822, 0.4465)  # the authors' normalisation (CIFAR-10 statistics)
 STD = (0.2023, 0.1994, 0.2010)
@@ -31,8 +30,14 @@ BIN_FILES = {  # official md5 sums of the binary version
     "data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
     "test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
 }
-# the python version's sums are torchvision's own
-PY_FILES = dict(CIFAR10.train_list + CIFAR10.test_list)
+
+
+def py_files() -> dict[str, str]:
+    """The python version's files and md5 sums, in batch order: torchvision's own list.  Imported when
+    asked for: torchvision costs seconds to import, which every `python -m study` would pay."""
+    from torchvision.datasets import CIFAR10
+
+    return dict(CIFAR10.train_list + CIFAR10.test_list)
 
 
 class DataError(ValueError):
@@ -68,7 +73,7 @@ def locate(root: str | os.PathLike, check_md5: bool = True) -> tuple[str, Path]:
     if (root / "cifar-10-batches-bin").is_dir():
         return "bin", _verified_folder(root, "cifar-10-batches-bin", BIN_FILES, check_md5)
     if (root / "cifar-10-batches-py").is_dir():
-        return "py", _verified_folder(root, "cifar-10-batches-py", PY_FILES, check_md5)
+        return "py", _verified_folder(root, "cifar-10-batches-py", py_files(), check_md5)
     raise DataError(f"{root}: holds neither cifar-10-batches-bin/ nor cifar-10-batches-py/ "
                     "(set STUDY_DATA_ROOT or --data-root)")
 
@@ -107,7 +112,7 @@ def load_cifar10(root: str | os.PathLike | None = None, check_md5: bool = True) 
         train_y = np.concatenate([p[1] for p in parts[:5]])
         test_x, test_y = parts[5]
     else:
-        parts = [_read_py(base / name) for name, _ in CIFAR10.train_list + CIFAR10.test_list]
+        parts = [_read_py(base / name) for name in py_files()]
         train_x = np.concatenate([p[0] for p in parts[:5]])
         train_y = np.concatenate([p[1] for p in parts[:5]])
         test_x, test_y = parts[5]

@@ -23,36 +23,53 @@ network.  The reduction numbers are recorded in the ArchSpec notes (below).
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
 import torch.nn as nn
-from torchvision.models import segmentation
-from torchvision.models.segmentation.deeplabv3 import DeepLabV3 as _TorchvisionDeepLabV3
 
 from study.models.registry import ArchSpec, register
 
 
-class DeepLabV3(_TorchvisionDeepLabV3):
-    """torchvision's DeepLabV3 whose forward returns the upsampled logits `[N, classes, H, W]`."""
+@functools.cache
+def _deeplab_class() -> type:
+    """`DeepLabV3`, defined on first use: torchvision costs seconds to import, which every
+    `python -m study` would pay, and only a DeepLabV3 needs it."""
+    from torchvision.models.segmentation.deeplabv3 import DeepLabV3 as TorchvisionDeepLabV3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x)["out"]
+    class DeepLabV3(TorchvisionDeepLabV3):
+        """torchvision's DeepLabV3 whose forward returns the upsampled logits `[N, classes, H, W]`."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return super().forward(x)["out"]
+
+    DeepLabV3.__qualname__ = "DeepLabV3"  # found as `study.models.deeplab.DeepLabV3`, so pickle works
+    return DeepLabV3
 
 
-def _build(builder, num_classes: int, width: float) -> DeepLabV3:
+def __getattr__(name: str):  # `study.models.deeplab.DeepLabV3` (PEP 562), as pickle looks it up
+    if name == "DeepLabV3":
+        return _deeplab_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build(builder_name: str, num_classes: int, width: float) -> nn.Module:
+    from torchvision.models import segmentation
+
     if width != 1.0:
         raise ValueError("width scaling is not available for torchvision's DeepLabV3")
-    tv = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
-    return DeepLabV3(tv.backbone, tv.classifier, tv.aux_classifier)
+    tv = getattr(segmentation, builder_name)(weights=None, weights_backbone=None, num_classes=num_classes,
+                                              aux_loss=False)
+    return _deeplab_class()(tv.backbone, tv.classifier, tv.aux_classifier)
 
 
-def deeplabv3_resnet50(num_classes: int = 21, width: float = 1.0) -> DeepLabV3:
-    return _build(segmentation.deeplabv3_resnet50, num_classes, width)
+def deeplabv3_resnet50(num_classes: int = 21, width: float = 1.0) -> nn.Module:
+    return _build("deeplabv3_resnet50", num_classes, width)
 
 
-def deeplabv3_resnet101(num_classes: int = 21, width: float = 1.0) -> DeepLabV3:
-    return _build(segmentation.deeplabv3_resnet101, num_classes, width)
+def deeplabv3_resnet101(num_classes: int = 21, width: float = 1.0) -> nn.Module:
+    return _build("deeplabv3_resnet101", num_classes, width)
 
 
 _BACKBONE_3X3 = re.compile(r"^backbone\.layer[1-4]\.\d+\.conv2$")

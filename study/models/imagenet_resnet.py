@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 
 import torch.nn as nn
-from torchvision import models
 
 from study.models.registry import ArchSpec, register
 
@@ -28,11 +27,15 @@ def _check_width(width: float) -> None:
 
 
 def imagenet_resnet18(num_classes: int = 1000, width: float = 1.0) -> nn.Module:
+    from torchvision import models  # here, not at import: torchvision costs seconds to import
+
     _check_width(width)
     return models.resnet18(weights=None, num_classes=num_classes)
 
 
 def imagenet_resnet50(num_classes: int = 1000, width: float = 1.0) -> nn.Module:
+    from torchvision import models
+
     _check_width(width)
     return models.resnet50(weights=None, num_classes=num_classes)
 
