@@ -3,7 +3,7 @@
 Every baseline walks an ordinary `nn.Module` tree, so it works on any architecture of the zoo.  The
 layers a method compresses are chosen by its `layers` argument:
 
-  authors   the convs CSG converts under the authors' policy (`study.methods.csg.recipe(arch).policy`):
+  authors   the convs CSG converts under the authors' policy (`study.methods.csg.csg_plan(arch).policy`):
             on CIFAR ResNets every 3x3 conv inside the residual blocks.  The default, so that a baseline
             and CSG compress the same layers at a matched budget.
   eligible  every ungrouped conv except the stem (`ArchSpec.first_conv`).
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from study.methods import BudgetError
-from study.methods.csg import recipe
+from study.methods.csg import csg_plan
 
 LAYER_SETS = ("authors", "eligible")
 
@@ -65,7 +65,7 @@ def epoch_at(fraction: float, epochs: int) -> int:
 def policy(arch, layers: str) -> Callable[[str, nn.Conv2d], bool]:
     check_choice("layers", "layers", layers, LAYER_SETS)
     if layers == "authors":
-        return lambda name, conv: name != arch.first_conv and conv.groups == 1 and recipe(arch).policy(name, conv)
+        return lambda name, conv: name != arch.first_conv and conv.groups == 1 and csg_plan(arch).policy(name, conv)
     return lambda name, conv: name != arch.first_conv and conv.groups == 1
 
 

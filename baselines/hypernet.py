@@ -1,7 +1,7 @@
 """Static HyperNetworks (`--method hypernet`; Ha, Dai & Le, "HyperNetworks", ICLR 2017).
 
 The convs CSG converts (the same `policy`: `authors`, the authors' layers, or `all`, every
-ungrouped conv but the stem, and the same kernel size, CSG's recipe, `study.methods.csg.recipe`) are cut into
+ungrouped conv but the stem, and the same kernel size: CSG's per-architecture plan, `study.methods.csg.csg_plan`) are cut into
 blocks of S_out x S_in x k x k (S = `slice`, 16 as in the paper; channels that are not a multiple
 of S are padded to one and cropped, as CSG does).  Block (i, j) (output block i, input block j)
 owns a learned embedding z_ij of N_z = `z_dim` values (64 in the paper).  One hypernetwork, shared
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from study.accounting import unique_parameters
 from study.csg import CSGSpec, GeneratedConv2d, SliceGenerator, all_eligible, attach_generator, n_slices
 from study.methods import Method, register
-from study.methods.csg import recipe
+from study.methods.csg import csg_plan
 from study.surgery import set_submodule
 
 from baselines import _common as C
@@ -129,8 +129,8 @@ class HyperConv2d(GeneratedConv2d):
 def chosen_convs(model: nn.Module, arch, policy: str) -> list[tuple[str, nn.Conv2d]]:
     """The convs CSG would convert under `policy` (study.csg.convert's rule), in module order."""
     C.check_choice("hypernet", "policy", policy, POLICIES)
-    rule = recipe(arch).policy if policy == "authors" else all_eligible(arch.first_conv)
-    k = recipe(arch).kernel_size
+    rule = csg_plan(arch).policy if policy == "authors" else all_eligible(arch.first_conv)
+    k = csg_plan(arch).kernel_size
     chosen = [(name, m) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d) and m.kernel_size == (k, k) and rule(name, m)]
     if not chosen:
@@ -153,7 +153,7 @@ def convert(model: nn.Module, arch, slice_size: int, z_dim: int, hidden: int, po
         raise ValueError(f"hypernet: the model's root is an nn.{type(model).__name__}; the shared hypernetwork "
                          "is registered on the root, so wrap it in an nn.Module")
     chosen = chosen_convs(model, arch, policy)
-    generator = HyperGenerator(slice_size, z_dim, hidden, recipe(arch).kernel_size, std=_init_std(chosen))
+    generator = HyperGenerator(slice_size, z_dim, hidden, csg_plan(arch).kernel_size, std=_init_std(chosen))
     for name, conv in chosen:
         new = HyperConv2d(conv.in_channels, conv.out_channels, generator, stride=conv.stride,
                           padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None)
@@ -198,13 +198,13 @@ class HyperNet(Method):
     def formula(self, arch, args) -> int:
         """The count of `build(arch, args)`, by the closed formula (no model built but a skeleton)."""
         rest, blocks = self._shape(arch, args)
-        return rest + hypernet_params(blocks, args["slice"], args["z_dim"], args["hidden"], recipe(arch).kernel_size)
+        return rest + hypernet_params(blocks, args["slice"], args["z_dim"], args["hidden"], csg_plan(arch).kernel_size)
 
     def search(self, arch, args, target):
         rest, blocks = self._shape(arch, args)
 
         def count(d):
-            return rest + hypernet_params(blocks, args["slice"], args["z_dim"], int(d), recipe(arch).kernel_size)
+            return rest + hypernet_params(blocks, args["slice"], args["z_dim"], int(d), csg_plan(arch).kernel_size)
 
         hi = 1
         while count(hi) < target and hi < self.max_hidden:

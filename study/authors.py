@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from study.csg import generated_convs
 from study.methods import build
-from study.methods.csg import recipe
+from study.methods.csg import csg_plan
 from study.models import ArchSpec, get_arch
 
 _GENERATOR = re.compile(r"(^|\.)(CLG|CSG)\.weight$")
@@ -42,7 +42,7 @@ def translate(state: dict[str, torch.Tensor], arch: ArchSpec) -> tuple[dict[str,
     """Our state dict and the CSG arguments (None for a plain network) for an authors' state dict."""
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
     out, generator = {}, None
-    names = recipe(arch).authors_code_names
+    names = csg_plan(arch).authors_code_names
     for key, value in state.items():
         if _GENERATOR.search(key):
             if key.count(".") == 1:  # the top-level copy; per-block copies hold the same values
@@ -59,7 +59,7 @@ def translate(state: dict[str, torch.Tensor], arch: ArchSpec) -> tuple[dict[str,
         return out, None
     out["csg.weight"] = generator
     rows, code_dim = generator.shape
-    k = recipe(arch).kernel_size
+    k = csg_plan(arch).kernel_size
     slice_size = math.isqrt(rows // (k * k))
     if slice_size * slice_size * k * k != rows:
         raise CheckpointError(f"generator of shape {tuple(generator.shape)} is not S*S*{k}*{k} x d")

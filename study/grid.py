@@ -36,7 +36,7 @@ import yaml
 from study.config import RunConfig
 from study import methods
 from study.methods import BudgetError, get_method
-from study.methods.csg import recipe
+from study.methods.csg import csg_plan
 from study.schema import CSG_DEFAULTS, CSG_LABEL_DEFAULTS, PLAIN
 from study.models import get_arch
 
@@ -228,8 +228,8 @@ def _check_reuse(path: Path, where: str, cfg: RunConfig, args: dict, src: RunCon
         what = "a random-binary generator" if src.method == "csg" else f"method {src.method!r}"
         raise GridError(f"{label}: generator_from {src.name!r} trains no generator to reuse ({what}); "
                         "name a CSG run with a learned generator")
-    mine = (int(args["slice"]), int(args["code_dim"]), recipe(cfg.arch).kernel_size)
-    theirs = (int(src_args["slice"]), int(src_args["code_dim"]), recipe(src.arch).kernel_size)
+    mine = (int(args["slice"]), int(args["code_dim"]), csg_plan(cfg.arch).kernel_size)
+    theirs = (int(src_args["slice"]), int(src_args["code_dim"]), csg_plan(src.arch).kernel_size)
     if mine != theirs:
         raise GridError(f"{label}: generator_from {src.name!r} has slice/code_dim/kernel {'/'.join(map(str, theirs))}, "
                         f"this run needs {'/'.join(map(str, mine))}; they must match")

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import time
 
-from study.bench.throughput import recipe_config
+from study.bench.throughput import fast_recipe_config
 
 EPOCH_IMAGES = 45_000  # the training split: 50,000 minus the 5,000 held out for validation
 
@@ -63,7 +63,7 @@ def epoch_comparison(a, precision: str, data) -> dict:
 
     n = min(a.reference_epoch_images, len(data.train_y))
     x_all, y_all = data.train_x[:n], data.train_y[:n]
-    cfg = dataclasses.replace(recipe_config(a.batch_size), arch=a.epoch_arch)
+    cfg = dataclasses.replace(fast_recipe_config(a.batch_size), arch=a.epoch_arch)
     steps_per_epoch = -(-n // a.batch_size)
 
     def model_and_opt(channels_last: bool):

@@ -37,7 +37,7 @@ def memory_probe(spec: dict) -> dict:
     batch; report the process's peak resident memory."""
     import torch
 
-    from study.bench.throughput import recipe_config
+    from study.bench.throughput import fast_recipe_config
     from study.methods import build
     from study.tasks import get_task
     from study.train import autocast_for, make_optimizer, train_step
@@ -46,7 +46,7 @@ def memory_probe(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     _wait_for_go()
     before = peak_rss_mb()
-    cfg = dataclasses.replace(recipe_config(spec["batch_size"]), arch=spec["arch"], method=spec["method"],
+    cfg = dataclasses.replace(fast_recipe_config(spec["batch_size"]), arch=spec["arch"], method=spec["method"],
                               method_args=spec["args"])
     loaders = get_task("cifar10").loaders(cfg, spec["data_root"], torch.device("cpu"))
     data_rss = peak_rss_mb()

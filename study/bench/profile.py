@@ -2,7 +2,7 @@
 evaluation pass under `torch.profiler`, each operator's own CPU time put in one category."""
 from __future__ import annotations
 
-from study.bench.throughput import recipe_config
+from study.bench.throughput import fast_recipe_config
 
 
 SCOPES = ("data", "evaluation", "optimizer", "csg_product")  # record_function scopes: all time inside counts
@@ -41,7 +41,7 @@ def profile_breakdown(a, precision: str, data) -> dict:
     from study.train import autocast_for, make_optimizer, train_step
 
     autocast = autocast_for(precision, torch.device("cpu"))
-    cfg, task = recipe_config(a.batch_size), get_task("cifar10")
+    cfg, task = fast_recipe_config(a.batch_size), get_task("cifar10")
     n = min(len(data.train_y), a.batch_size * a.profile_steps)
     out = {}
     for label, method, args in (("plain", "none", {}), ("csg 16/72", "csg", {"slice": 16, "code_dim": 72})):

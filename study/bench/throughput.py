@@ -21,8 +21,8 @@ def _fast_recipe():
     return next(c for c in grid.load(PROJECT / "configs" / "fast91.yaml").runs if c.method == "none")
 
 
-def recipe_config(batch_size: int):
-    """The settings a timed step trains with: configs/fast91.yaml's plain run (its optimiser, schedule and
+def fast_recipe_config(batch_size: int):
+    """The settings a timed step trains with (the fast recipe): configs/fast91.yaml's plain run (its optimiser, schedule and
     loss), read from the file so that the bench cannot drift from the recipe."""
     return dataclasses.replace(_fast_recipe(), batch_size=batch_size)
 
@@ -63,7 +63,7 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch_size, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,), generator=g)
-    cfg = recipe_config(a.batch_size)
+    cfg = fast_recipe_config(a.batch_size)
     compiled = mode == "compile"
     entries = []
     for method, args in [("none", {})] + [("csg", c) for c in configs]:
