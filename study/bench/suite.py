@@ -157,6 +157,15 @@ def hardware(precision: str, channels_last: bool = True) -> dict:
     }
 
 
+def step_description(cfg) -> str:
+    """What the timed step trains with, said from the config it uses (configs/fast91.yaml's), so the
+    text cannot drift from the recipe."""
+    decay = "off BatchNorm and biases" if cfg.no_decay_norm_bias else "on every parameter"
+    return (f"study.train.train_step with configs/fast91.yaml's optimiser and loss: "
+            f"{'Nesterov ' if cfg.nesterov else ''}SGD (momentum {cfg.momentum:g}), weight decay "
+            f"{cfg.weight_decay:g} {decay}, label smoothing {cfg.label_smoothing:g}")
+
+
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -185,7 +194,7 @@ def run(a) -> dict:
     from study.bench.epoch import epoch_comparison
     from study.bench.probes import in_subprocesses, peak_rss_mb, workers_comparison
     from study.bench.profile import profile_breakdown
-    from study.bench.throughput import throughput
+    from study.bench.throughput import fast_recipe_config, throughput
     from study.env import resolve_precision
 
     if a.threads:
@@ -253,8 +262,7 @@ def run(a) -> dict:
         "settings": {"archs": archs, "configs": {k: [label(c) for c in v] for k, v in configs.items()},
                      "batch_size": a.batch_size, "steps": a.steps, "repeats": a.repeats, "warmup": a.warmup,
                      "throughput_input": "one synthetic N(0,1) batch, channels_last",
-                     "step": "study.train.train_step with the fast recipe's optimiser and loss: Nesterov SGD, "
-                             "weight decay 5e-4 off BatchNorm and biases, label smoothing 0.1",
+                     "step": step_description(fast_recipe_config(a.batch_size)),
                      "ratio": "median over repeats of (CSG images/s / plain images/s), models interleaved; "
                               "*_best: best repeat / best repeat",
                      "eval_pass": "--steps batches under no_grad, each one forward pass (one kernel generation)",
