@@ -25,14 +25,14 @@ def _arch_names() -> list[str]:
 
 def build_parser() -> Parser:
     from study.csg import GENERATORS, LAYOUTS
-    from study.methods import method_names
+    from study.methods import method_names, no_plugins_hint
 
     p = Parser(prog="python -m study", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     q = sub.add_parser("params", help="parameter, size and FLOP counts of one configuration")
     q.add_argument("--arch", required=True, choices=_arch_names())
-    q.add_argument("--method", default="none", choices=method_names())
+    q.add_argument("--method", default="none", choices=method_names(), help=no_plugins_hint() or None)
     q.add_argument("--code-dim", type=positive_int)
     q.add_argument("--slice", type=positive_int)
     q.add_argument("--layout", choices=LAYOUTS)

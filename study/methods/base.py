@@ -84,6 +84,7 @@ class Method:
 METHODS: dict[str, Method] = {}
 PLUGIN_GROUP = "study.methods"  # entry points: each loads a module that registers its methods
 _plugins_loaded = False
+_plugins_found = 0  # entry points of the group that the installed metadata lists
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -93,15 +94,30 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def load_plugins() -> None:
-    """Import every module named in the installed `study.methods` entry points (once per process)."""
-    global _plugins_loaded
+    """Import every module named in the installed `study.methods` entry points (once per process,
+    once all have loaded: a plugin that fails to import raises, naming its entry point, every time)."""
+    global _plugins_loaded, _plugins_found
     if _plugins_loaded:
         return
-    _plugins_loaded = True
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group=PLUGIN_GROUP):
-        ep.load()
+    found = list(entry_points(group=PLUGIN_GROUP))
+    for ep in found:
+        try:
+            ep.load()
+        except Exception as e:
+            raise ImportError(f"the {PLUGIN_GROUP!r} entry point {ep.name!r} ({ep.value}) does not load: "
+                              f"{type(e).__name__}: {e}") from e
+    _plugins_found, _plugins_loaded = len(found), True
+
+
+def no_plugins_hint() -> str:
+    """A sentence for the user when no `study.methods` entry point is installed (else "")."""
+    load_plugins()
+    if _plugins_found:
+        return ""
+    return (f"no {PLUGIN_GROUP!r} entry point is installed, so only the core methods exist (a checkout on "
+            "PYTHONPATH without installed metadata?): pip install -e .")
 
 
 def get_method(name: str) -> Method:
@@ -110,9 +126,9 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())} (a method of another "
-                         f"package registers through its {PLUGIN_GROUP!r} entry point: reinstall it, "
-                         "e.g. pip install -e .)") from None
+        hint = no_plugins_hint() or (f"a method of another package registers through its {PLUGIN_GROUP!r} "
+                                     "entry point: reinstall it, e.g. pip install -e .")
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())} ({hint})") from None
 
 
 def method_names() -> list[str]:
