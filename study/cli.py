@@ -110,6 +110,7 @@ def build_parser() -> Parser:
 # -- commands -----------------------------------------------------------------------------------
 def cmd_params(a) -> dict:
     from study import accounting
+    from study.config import RunConfig
     from study.methods import BudgetError, build, get_method
     from study.models import get_arch
 
@@ -127,7 +128,7 @@ def cmd_params(a) -> dict:
     except ValueError as e:
         raise UsageError(f"{a.method}: {e}") from None
     arch = get_arch(a.arch)
-    model = method.final_model(model, resolved)
+    model = method.final_model(model, resolved, RunConfig.epochs)  # a run's length where a grid names none
     counts = accounting.account(model, None if a.no_flops else arch.input_size)
     budget = method.counted(model, arch, resolved)
     out = {"arch": a.arch, "method": a.method, **counts, "args": resolved, "budget_count": method.count,

@@ -256,7 +256,8 @@ def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
             raise ValueError(f"target_params must be a positive integer or a mapping naming a configuration, "
                              f"got {target!r}")
         cfg = RunConfig.from_dict({**run, "method_args": method_args})
-        args, count = methods.plan(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params)
+        args, count = methods.plan(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params,
+                                    epochs=cfg.epochs)
     except (BudgetError, ValueError, TypeError) as e:
         raise GridError(f"{_where(path, where)} ({run['name']}): {str(e).splitlines()[0]}") from None
     return cfg, args, count

@@ -53,7 +53,7 @@ def breakdown(arch: str, method: str, args: dict, epochs: int, seed: int = 0, ta
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model, margs = build(arch, method, args, seed=seed, target_params=target_params)
-            model = method_obj.on_epoch_start(model, margs, epochs - 1, epochs)
+            model = method_obj.final_model(model, margs, epochs)
             return accounting.breakdown(model)
 
     out = counts()

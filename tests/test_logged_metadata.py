@@ -73,7 +73,7 @@ def test_the_runner_logs_the_breakdown_at_start_and_it_equals_the_accounting(tin
         # the network the run ends with, counted by role by the accounting module
         torch.manual_seed(0)
         model, margs = build("resnet20", block["method"], block.get("method_args", {}))
-        model = get_method(block["method"]).on_epoch_start(model, margs, SMALL["epochs"] - 1, SMALL["epochs"])
+        model = get_method(block["method"]).final_model(model, margs, SMALL["epochs"])
         counts = accounting.breakdown(model)
         assert {c: m[schema.BREAKDOWN[c]] for c in schema.CATEGORIES} == counts
         assert m[schema.BREAKDOWN_TOTAL] == sum(counts.values()) == m["params_total"]  # what training ended with

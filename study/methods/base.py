@@ -57,11 +57,11 @@ class Method:
         whatever the recipe says (soft sharing's mixing coefficients, as its reference code does)."""
         return set()
 
-    def final_model(self, model: nn.Module, args: dict) -> nn.Module:
-        """The network as training will end it (pruned, decomposed): what counts are reported on.
-
-        Running the schedule's last step at once: epoch 0 of a one-epoch schedule is the last one."""
-        return self.on_epoch_start(model, args, 0, 1)
+    def final_model(self, model: nn.Module, args: dict, epochs: int) -> nn.Module:
+        """The network as training of `epochs` epochs will end it (pruned, decomposed): what counts are
+        reported on, by the grid, `params`, and the breakdown a run logs.  The schedule's last epoch,
+        run at once."""
+        return self.on_epoch_start(model, args, epochs - 1, epochs)
 
     def structure(self, model: nn.Module) -> dict:
         """JSON-able description of any structural change made during training, for checkpoints."""
@@ -160,8 +160,8 @@ def build(arch_name: str, method_name: str = "none", args: dict | None = None, s
 
 
 def plan(arch_name: str, method_name: str, args: dict | None = None, seed: int = 0,
-         target_params: int | None = None) -> tuple[dict, dict[str, int]]:
-    """(resolved args, accounting counts of the network as training will end it): what a grid
-    needs to know of a run before any training."""
+         target_params: int | None = None, *, epochs: int) -> tuple[dict, dict[str, int]]:
+    """(resolved args, accounting counts of the network as `epochs` epochs of training will end it):
+    what a grid needs to know of a run before any training."""
     model, args = build(arch_name, method_name, args, seed=seed, target_params=target_params)
-    return args, accounting.count_parameters(get_method(method_name).final_model(model, args))
+    return args, accounting.count_parameters(get_method(method_name).final_model(model, args, epochs))
