@@ -408,7 +408,7 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
     for cfg in grid.runs:
         h, run = cfg.hash(), by_hash.get(cfg.hash())
         latest = checkpoint.candidates(ckpt_root / h)
-        epoch = int(latest[0].name[5:9]) if latest else 0
+        epoch = checkpoint.position(latest[0])[0] if latest else 0
         if run is None:
             state = PENDING if not epoch else f"{PARTIAL} (epoch {epoch} of {cfg.epochs})"
             if state == PENDING and source_hash(cfg):  # a reuse run: say what it waits for
