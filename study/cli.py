@@ -206,16 +206,12 @@ def _check_configs(g) -> None:
             raise UsageError(f"{g.path}: {c.name}: {e}") from None
 
 
-def _checkpoint_root(g, out: Path) -> Path:
-    return out / g.output / "checkpoints" if g.output else out / "checkpoints"
-
-
 def _check_checkpoints(g, out: Path) -> None:
     """A run's checkpoint folder (named by its config hash) holds only checkpoints of that config:
     resuming from a folder copied or renamed from another run would train another configuration."""
     from study import checkpoint
 
-    root = _checkpoint_root(g, out)
+    root = g.checkpoint_root(out)
     for c in g.runs:
         h = c.hash()
         for path in checkpoint.candidates(root / h):

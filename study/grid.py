@@ -59,6 +59,10 @@ class Grid:
     depends: dict[str, str] = field(default_factory=dict)  # dependant's hash -> its source's (reuse)
     checkpoint_minutes: float | None = None  # mid-epoch checkpoints this often; how, not what: no run's hash
 
+    def checkpoint_root(self, output_root: Path) -> Path:
+        """Where the runs of this grid keep their checkpoints (one folder per config hash) under `output_root`."""
+        return output_root / self.output / "checkpoints" if self.output else output_root / "checkpoints"
+
     def source_of(self, cfg: RunConfig) -> RunConfig | None:
         """The run whose generator `cfg` reuses, or None."""
         h = self.depends.get(cfg.hash())

@@ -274,7 +274,7 @@ def jobs_for(grid: Grid, tracking_uri: str, data_root: str, output_root: Path, n
              checkpoint_minutes: float | None = None) -> list[Job]:
     """`checkpoint_minutes` (None: the grid file's `checkpoint_minutes`, if any) sets mid-epoch checkpoints."""
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
-    ckpt = str(output_root / grid.output / "checkpoints") if grid.output else str(output_root / "checkpoints")
+    ckpt = str(grid.checkpoint_root(output_root))
     commit = git_commit()
     minutes = checkpoint_minutes if checkpoint_minutes is not None else grid.checkpoint_minutes
     return [Job(c, grid.resolved_args[c.hash()], grid.name, tracking_uri, data_root, ckpt, threads, retry_failed,
@@ -404,7 +404,7 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
         if h and (h not in by_hash or run.info.status == DONE):
             by_hash[h] = run
     rows = []
-    ckpt_root = output_root / grid.output / "checkpoints" if grid.output else output_root / "checkpoints"
+    ckpt_root = grid.checkpoint_root(output_root)
     for cfg in grid.runs:
         h, run = cfg.hash(), by_hash.get(cfg.hash())
         latest = checkpoint.candidates(ckpt_root / h)
