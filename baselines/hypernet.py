@@ -22,9 +22,9 @@ count is `stored`, as for CSG.
 Speed: kernels are regenerated every training step, so the generator writes the blocks of *all*
 its layers in one pair of matrix products (`HyperGenerator.blocks` on every embedding at once) and
 serves each layer its kernel from that batch.  `HyperGenerator` is a `study.csg.SliceGenerator` (and
-`HyperConv2d` a `GeneratedConv2d`) so it reuses CSG's per-forward-pass cache, its handling of
+`HyperConv2d` a `GeneratedConv2d`) so it reuses CSG's one generation per forward pass, its handling of
 channels-last, `study.csg.materialize` and the accounting of kernel-generation FLOPs; only the
-generation (two linear maps with biases, not one bias-free map) and the block layout differ.
+generation (`product`: two linear maps with biases, not one bias-free map) and the block layout differ.
 
 Initialisation: embeddings truncated N(0, 1) in [-2, 2] (the reference draws fmod(randn, 2)); W_in
 N(0, 1/N_z), so each a_c has unit-variance entries; W_out N(0, s^2/d), with s the RMS of the
@@ -84,12 +84,7 @@ class HyperGenerator(SliceGenerator):
         kernel = F.linear(a.reshape(-1, self.hidden), self.weight_out, self.bias_out)  # [n * S_in, S_out*k*k]
         return kernel.reshape(z.shape[0], -1)
 
-    def generate_all(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
-        layers = self._layers
-        z = torch.cat([layer.code for layer in layers]) if len(layers) > 1 else layers[0].code
-        flat = self.blocks(z)
-        parts = flat.split([layer.code.shape[0] for layer in layers]) if len(layers) > 1 else (flat,)
-        return [layer.assemble(part, memory_format) for layer, part in zip(layers, parts)]
+    product = blocks  # the generation `SliceGenerator.generate_all` and `kernel_for` run
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -115,15 +110,6 @@ class HyperConv2d(GeneratedConv2d):
         kernel = slices.reshape(n_out, n_in, S, S, k, k).permute(0, 3, 1, 2, 4, 5)
         kernel = kernel.reshape(n_out * S, n_in * S, k, k)[:self.out_channels, :self.in_channels]
         return kernel.contiguous(memory_format=memory_format)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-               and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
-        if torch.compiler.is_compiling():
-            kernel = self.assemble(self.generator.blocks(self.code), fmt)
-        else:
-            kernel = self.kernel(fmt)
-        return F.conv2d(x, kernel, self.bias, self.stride, self.padding, self.dilation)
 
 
 def chosen_convs(model: nn.Module, arch, policy: str) -> list[tuple[str, nn.Conv2d]]:
