@@ -342,7 +342,8 @@ def cmd_backfill_metadata(a) -> int:
     except ValueError as e:
         raise UsageError(f"backfill-metadata: {e}") from None
     print(f"{uri}: {done['updated']} run(s) given the breakdown and labels ({done['failed']} without a "
-          f"breakdown), {done['complete']} already had them")
+          f"breakdown), {done['complete']} already had them"
+          + (f", {done['skipped']} skipped (no arch or method param)" if done["skipped"] else ""))
     return 0
 
 

@@ -142,12 +142,11 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         params = {**cfg.flat_params(), **job.resolved_args, "budget_count": method.count, "knob": method.knob or ""}
         tracker.log(run_id, params=params)
         mlflow_ui.describe_run(tracker.client, run_id, cfg, job.data_root)  # datasets (md5, sizes), colour
-        described = False
+        labelled = False
     else:
         run_id = existing.info.run_id
         tracker.set_status(run_id, "RUNNING")
-        params = dict(existing.data.params)
-        described = not metadata.missing(existing.data.metrics, existing.data.tags)  # logged by older code?
+        labelled = not metadata.lacks_metadata(existing.data.metrics, existing.data.tags)  # older code's run?
     logged = tracker.logged_steps(run_id)
 
     def on_epoch(metrics: dict) -> None:
@@ -158,16 +157,8 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
 
     ckpt_dir = Path(job.checkpoint_dir) / h
     try:
-        if not described:  # the breakdown and the labels, before training: an interrupted run has them too
-            labels, counts = metadata.at_start(params)
-            tracker.log(run_id, tags=labels)
-            try:
-                breakdown = counts()
-            except Exception as e:  # noqa: BLE001  (bookkeeping: never fail a run over it; the report names it)
-                log.warning("run %s: no parameter breakdown: %s", cfg.name, e)
-                breakdown = {}
-            if breakdown:
-                tracker.log(run_id, breakdown, step=0)
+        if not labelled:  # the labels and the breakdown, before training: an interrupted run has them too
+            _log_labels_and_breakdown(tracker, run_id, cfg, job.resolved_args)
         args = job.resolved_args
         if source is not None:
             tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id
@@ -212,6 +203,19 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         tracker.log(run_id, tags={"failure_reason": reason})
         tracker.set_status(run_id, FAILED)
         return Outcome(cfg.name, FAILED, reason)
+
+
+def _log_labels_and_breakdown(tracker: Tracker, run_id: str, cfg: RunConfig, resolved_args: dict) -> None:
+    """Bookkeeping: never fail a run over it (the report names a run without them); only the store
+    going away stops the run, as any other store call does."""
+    try:
+        tags, breakdown = metadata.labels_and_breakdown(cfg, resolved_args)
+        tracker.log(run_id, tags=tags)  # first: a network that cannot be built still gets its labels
+        tracker.log(run_id, breakdown(), step=0)
+    except TrackingUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001
+        log.warning("run %s: labels or parameter breakdown not logged: %s", cfg.name, e)
 
 
 PREEMPT_STORE_SECONDS = 20.0  # of the grace time before the kill, what the store may take

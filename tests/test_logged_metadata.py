@@ -221,11 +221,11 @@ def test_the_labels_read_back(tmp_path):
 def test_backfill_counts_list_arguments_and_the_structure_a_run_ends_with():
     """softshare logs its per-stage templates as '[2, 4, 3]'; filter pruning reshapes the network part-way.
     Both come back with the parameter count the run logged (the quick study's figures)."""
-    from study.metadata import for_params
+    from study.metadata import from_logged_params
 
     base = {"arch": "resnet20", "seed": "0", "epochs": "10", "target_params": "None", "budget_count": "total"}
     for method, args, total in [("softshare", {"layers": "authors", "templates": "[2, 4, 3]"}, 177_609),
                                 ("filterprune", {"layers": "authors", "prune_at": "0.5", "ratio": "0.35"}, 176_318)]:
-        metrics, tags = for_params({**base, "method": method, **args}, logged_total=float(total))
+        metrics, tags = from_logged_params({**base, "method": method, **args}, logged_total=float(total))
         assert metrics[schema.BREAKDOWN_TOTAL] == total
         assert tags[schema.METHOD_LABEL_TAG] == schema.method_label(method)
