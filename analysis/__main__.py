@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.load import REPO, AnalysisError, default_tracking_uri
+from analysis.load import REPO, AnalysisError
+from study.schema import default_tracking_uri
 
 PROG = "python -m analysis"
 

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 from study.schema import (ARCH_ORDER, BREAKDOWN_METRICS, CONFIG_KEYS_TAG, CSG_LABEL_DEFAULTS,  # noqa: F401
                           DERIVED_PARAMS, EPOCH_METRICS, FINAL_METRICS, MANIFEST_EXTRA, METHOD_LABEL,
                           METHOD_LABEL_TAG, METHOD_ORDER, VARIANT_NAME_TAG, VARIANT_TAG, args_from_variant,
-                          method_label, parse_value)
+                          default_tracking_uri, method_label, parse_value)
 from study import schema
 
 # never part of a configuration's identity: the seed varies within a group, the rest is bookkeeping
@@ -62,10 +62,6 @@ def config_keys(tagged: list) -> list[str]:
     for keys in lists:
         out += [k for k in keys if k not in out]
     return out
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
 
 
 def _quiet_mlflow() -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from study.args import Parser, UsageError, data_root, key_value, minutes, positive_int, seconds
 from study.env import PROJECT
-from study.tracking import RETRY_ENV, Tracker, TrackingUnavailable, default_uri, unreachable
+from study.schema import default_tracking_uri
+from study.tracking import RETRY_ENV, Tracker, TrackingUnavailable, unreachable
 
 INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: a run stopped for a reason outside it (store away, disk full); run again
 
@@ -178,7 +179,7 @@ def _load_grid(a):
         if e.errno == errno.ENOSPC:
             raise UsageError(f"{out}: the output folder's disk is full ({e.strerror})") from None
         raise UsageError(f"{out}: output folder is not writable ({e.strerror})") from None
-    uri = a.tracking_uri or default_uri()
+    uri = a.tracking_uri or default_tracking_uri()
     why = unreachable(uri)
     if why is not None:
         raise UsageError(f"{uri}: the tracking server cannot be reached ({why})")
@@ -331,7 +332,7 @@ def cmd_backfill_metadata(a) -> int:
         n = metadata.backfill_manifest(path)
         print(f"{path}: {'filled the missing columns of ' + str(n) + ' rows' if n else 'nothing missing'}")
         return 0
-    uri = a.tracking_uri or default_uri()
+    uri = a.tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"backfill-metadata: no MLflow store at {uri}")
     why = unreachable(uri)

@@ -43,7 +43,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study import schema
-from study.env import PROJECT, default_tracking_uri
+from study.env import PROJECT
+from study.schema import default_tracking_uri
 
 BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
 RETRY_ENV = "STUDY_TRACKING_RETRY_SECONDS"
@@ -54,9 +55,6 @@ HTTP_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQ
 
 class TrackingUnavailable(RuntimeError):
     """The tracking store did not answer for longer than the retry bound."""
-
-
-default_uri = default_tracking_uri  # the one definition lives in study.env
 
 
 def parse_retry_seconds(text: str) -> float:
@@ -211,7 +209,7 @@ class _RetryingClient:
 
 class Tracker:
     def __init__(self, uri: str | None = None, retry_seconds: float | None = None):
-        self.uri = uri or default_uri()
+        self.uri = uri or default_tracking_uri()
         self.retry_seconds = float(retry_seconds) if retry_seconds is not None else default_retry_seconds()
         if is_http(self.uri):
             for key, value in HTTP_CLIENT_DEFAULTS.items():
