@@ -17,7 +17,8 @@ import pandas as pd
 from analysis import breakdown as breakdown_mod
 from analysis import evidence, figures, reference, tables
 from analysis.load import (FINAL_METRICS, MANIFEST_EXTRA, REPO, Runs, epochs_wide, python_value)
-from analysis.stats import HEADLINE, comparisons, summarize, varying_protocol
+from analysis.stats import comparisons, summarize, varying_protocol
+from study.schema import HEADLINE
 
 X_CHOICES = ("budget", "total", "stored", "nonzero")
 # the authors' CIFAR protocol (DESIGN.md, from their code), to say where ours departs from it

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from study import accounting, checkpoint, env, metadata, mlflow_ui, preempt
+from study import accounting, checkpoint, env, metadata, mlflow_ui, preempt, schema
 from study.config import RunConfig
 from study.csg import generators
 from study.grid import Grid
@@ -121,7 +121,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
     existing = tracker.find(exp, h)
     if existing is not None and existing.info.status == DONE:
         return Outcome(cfg.name, "skipped", "already FINISHED",
-                       existing.data.metrics.get("test_acc_at_best_val"), int(cfg.epochs))
+                       existing.data.metrics.get(schema.HEADLINE), int(cfg.epochs))
     if existing is not None and existing.info.status == FAILED and not job.retry_failed:
         return Outcome(cfg.name, "skipped", f"FAILED before ({existing.data.tags.get('failure_reason', '?')}); "
                        "use --retry-failed")
@@ -186,7 +186,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         tracker.set_status(run_id, DONE)
         for old in checkpoint.candidates(ckpt_dir):  # everything now lives in MLflow
             old.unlink(missing_ok=True)
-        return Outcome(cfg.name, DONE, "", final.get("test_acc_at_best_val"), len(result.history))
+        return Outcome(cfg.name, DONE, "", final.get(schema.HEADLINE), len(result.history))
     except (KeyboardInterrupt, preempt.Preempted):
         raise  # the caller marks every interrupted run KILLED (`mark_killed`); a preempted job requeues
     except TrackingUnavailable:

@@ -57,8 +57,9 @@ METHOD_LABEL_TAG = "method_label"  # the method as shown ("plain" for method "no
 VARIANT_TAG = "variant"            # the method's arguments as shown (`variant_label`)
 VARIANT_NAME_TAG = "variant_name"  # a baseline's procedure in its own words (`Method.variant`), or ""
 LABEL_TAGS = [CONFIG_KEYS_TAG, METHOD_LABEL_TAG, VARIANT_TAG, VARIANT_NAME_TAG]
+# every run's other tags (the analysis reads these; `failure_reason` only where a run failed or stopped)
 TAGS = ["config_hash", "git_commit", "device", "torch_version", "precision", "grid", "arch", "method",
-        "failure_reason", *LABEL_TAGS]
+        "failure_reason"]
 
 # -- display order and labels -----------------------------------------------------------------------
 ARCH_ORDER = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "densenet_bc_k36", "densenet_bc_k48",
