@@ -41,9 +41,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from study.accounting import unique_parameters
-from study.csg import CSGSpec, GeneratedConv2d, SliceGenerator, all_eligible, attach_generator, n_slices
+from study.csg import CSGSpec, GeneratedConv2d, SliceGenerator, attach_generator, n_slices
 from study.methods import Method, register
-from study.methods.csg import csg_plan
+from study.methods.csg import csg_plan, select
 from study.surgery import set_submodule
 
 from baselines import _common as C
@@ -115,7 +115,7 @@ class HyperConv2d(GeneratedConv2d):
 def chosen_convs(model: nn.Module, arch, policy: str) -> list[tuple[str, nn.Conv2d]]:
     """The convs CSG would convert under `policy` (study.csg.convert's rule), in module order."""
     C.check_choice("hypernet", "policy", policy, POLICIES)
-    rule = csg_plan(arch).policy if policy == "authors" else all_eligible(arch.first_conv)
+    rule = select(arch, policy)
     k = csg_plan(arch).kernel_size
     chosen = [(name, m) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d) and m.kernel_size == (k, k) and rule(name, m)]

@@ -52,6 +52,12 @@ def csg_plan(arch: ArchSpec | str) -> CSGArchPlan:
         raise ValueError(f"no CSG plan for architecture {name!r}; add one to study/methods/csg.py") from None
 
 
+def select(arch: ArchSpec, policy: str) -> Callable[[str, nn.Conv2d], bool]:
+    """The convs CSG's `policy` argument names: `authors`, the authors' layers (`csg_plan(arch).policy`),
+    or `all`, every ungrouped conv but the stem.  (The baselines matched to CSG use it too.)"""
+    return csg_plan(arch).policy if policy == "authors" else all_eligible(arch.first_conv)
+
+
 @register
 class CSG(Method):
     name = "csg"
@@ -83,8 +89,7 @@ class CSG(Method):
 
     def build(self, arch, args, seed=0):
         model = arch.build(num_classes=arch.num_classes)
-        policy = csg_plan(arch).policy if args["policy"] == "authors" else all_eligible(arch.first_conv)
-        model = convert(model, self.spec(arch, args, seed), policy)
+        model = convert(model, self.spec(arch, args, seed), select(arch, args["policy"]))
         if args.get("generator_weight") is not None:  # generator: reuse, inside a run (study/runner.py)
             model.csg.load_reused(args["generator_weight"])
         return model
