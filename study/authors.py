@@ -83,25 +83,16 @@ def load_model(path: str | Path, arch_name: str) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 100,
-             tta: bool = False) -> float | tuple[float, float]:
-    """Top-1 accuracy in % over all of (x, y), normalised as the authors did; fp32.  With `tta`, the
-    pair (single view, flip TTA): the same recipe's `test_acc_tta`, softmax averaged over each image and
-    its mirror, so that the authors' networks and ours are compared under the same test-time rule.
+             tta: bool = False) -> dict[str, float]:
+    """The CIFAR-10 task's own evaluation (`Task.evaluate`, fp32) over all of (x, y), normalised as the
+    authors did: `loss`, top-1 accuracy `acc` in %, and with `tta` also `acc_tta` (the runs'
+    `test_acc_tta`: softmax averaged over each image and its mirror), so that the authors' networks
+    and ours are compared under the same rules.
 
     channels_last and small batches: about 15% faster on CPU for these nets (cache-sized activations)."""
     from study.data.cifar import CifarLoader
-    from study.recipe import flip_tta_logits
+    from study.tasks import get_task
 
     model.eval().to(memory_format=torch.channels_last)
-    correct = correct_tta = 0
-    for xb, yb in CifarLoader(x, y, batch_size, train=False, channels_last=True):
-        if tta:
-            out, probs = flip_tta_logits(model, xb)
-            correct_tta += int((probs.argmax(1) == yb).sum())
-        else:
-            out = model(xb)
-        correct += int((out.argmax(1) == yb).sum())
-    acc = 100.0 * correct / len(y)
-    return (acc, 100.0 * correct_tta / len(y)) if tta else acc
+    return get_task("cifar10").evaluate(model, CifarLoader(x, y, batch_size, train=False, channels_last=True), tta=tta)

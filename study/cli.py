@@ -155,10 +155,10 @@ def cmd_evaluate_authors(a) -> dict:
         raise UsageError(str(e)) from None
     data = load_cifar10(root)
     with torch.inference_mode():
-        acc = evaluate(model, data.test_x, data.test_y, tta=a.tta)
-    acc, tta = acc if a.tta else (acc, None)
+        scores = evaluate(model, data.test_x, data.test_y, tta=a.tta)
+    acc = scores["acc"]
     return {"checkpoint": a.checkpoint, "arch": a.arch, "accuracy": acc,
-            **({"accuracy_tta": tta} if a.tta else {}), **meta,
+            **({"accuracy_tta": scores["acc_tta"]} if a.tta else {}), **meta,
             "difference": acc - meta["stored_accuracy"], **accounting.count_parameters(model)}
 
 
