@@ -102,8 +102,9 @@ def _where(path: Path, key: str) -> str:
     return f"{path}: {key}"
 
 
-def load(path: str | Path) -> Grid:
-    path = Path(path)
+def _read(path: Path) -> tuple[dict, str, float | None, list[tuple[str, dict]]]:
+    """(the document, its output folder, its checkpoint minutes, every run as (where, raw run dict)),
+    checked key by key; nothing resolved yet."""
     if not path.is_file():
         raise GridError(f"{path}: no such grid file")
     try:
@@ -141,7 +142,23 @@ def load(path: str | Path) -> Grid:
         raw.append((f"runs[{i}]", {**defaults, **run}))
     if not raw:
         raise GridError(f"{path}: the grid defines no runs (add 'grid' blocks or 'runs')")
+    return doc, output, minutes, raw
 
+
+def resolve_run(path: str | Path, method: str) -> RunConfig:
+    """The `RunConfig` of the first run of `method` in a grid file, resolved as `load` resolves it but
+    not planned (its network is not built, no knob searched): for a reader that needs one run's settings
+    (the bench's fast recipe).  A `target_params` naming another configuration still builds that one."""
+    path = Path(path)
+    for where, run in _read(path)[3]:
+        if run.get("method", RunConfig.method) == method:
+            return _config(path, where, run)[0]
+    raise GridError(f"{path}: no run of method {method!r}")
+
+
+def load(path: str | Path) -> Grid:
+    path = Path(path)
+    doc, output, minutes, raw = _read(path)
     configs, resolved, counts, seen, depends = [], {}, {}, {}, {}
     by_name: dict[str, RunConfig] = {}
     for i in _dependency_order(path, raw):
@@ -240,6 +257,18 @@ def _check_reuse(path: Path, where: str, cfg: RunConfig, args: dict, src: RunCon
 
 
 def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
+    """(config, resolved method args, accounting counts of the network as training ends it)."""
+    cfg, method_args = _config(path, where, run)
+    try:
+        args, count = methods.plan(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params,
+                                   epochs=cfg.epochs)
+    except (BudgetError, ValueError, TypeError) as e:
+        raise GridError(f"{_where(path, where)} ({cfg.name}): {str(e).splitlines()[0]}") from None
+    return cfg, args, count
+
+
+def _config(path: Path, where: str, run: dict) -> tuple[RunConfig, dict]:
+    """(config, the method's arguments with its defaults) of one raw run, its keys and values checked."""
     unknown = set(run) - set(RunConfig.keys())
     if unknown:
         raise GridError(f"{_where(path, where)}: unknown key {sorted(unknown)[0]!r}; "
@@ -260,8 +289,6 @@ def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
             raise ValueError(f"target_params must be a positive integer or a mapping naming a configuration, "
                              f"got {target!r}")
         cfg = RunConfig.from_dict({**run, "method_args": method_args})
-        args, count = methods.plan(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params,
-                                    epochs=cfg.epochs)
     except (BudgetError, ValueError, TypeError) as e:
         raise GridError(f"{_where(path, where)} ({run['name']}): {str(e).splitlines()[0]}") from None
-    return cfg, args, count
+    return cfg, method_args
