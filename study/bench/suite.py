@@ -46,7 +46,6 @@ import platform
 import time
 
 from study import env
-from study.bench.labels import label
 from study.args import UsageError, non_negative_int, positive_int
 from study.args import data_root as parse_data_root
 
@@ -140,7 +139,7 @@ def _check_arch(name: str, option: str) -> str:
 
 
 # -- hardware ---------------------------------------------------------------------------------------
-def hardware(precision: str, channels_last: bool = True) -> dict:
+def hardware(precision: str) -> dict:
     import psutil
     import torch
 
@@ -152,7 +151,7 @@ def hardware(precision: str, channels_last: bool = True) -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "torch_version": torch.__version__, "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-        "precision": precision, "channels_last": channels_last, "python": platform.python_version(),
+        "precision": precision, "channels_last": True, "python": platform.python_version(),
         "platform": platform.platform(),
     }
 
@@ -194,7 +193,7 @@ def run(a) -> dict:
     from study.bench.epoch import epoch_comparison
     from study.bench.probes import in_subprocesses, peak_rss_mb, workers_comparison
     from study.bench.profile import profile_breakdown
-    from study.bench.throughput import fast_recipe_config, throughput
+    from study.bench.throughput import csg_row_label, fast_recipe_config, throughput
     from study.env import resolve_precision
 
     if a.threads:
@@ -243,12 +242,13 @@ def run(a) -> dict:
             value, worst = smallest(f"{kind}_over_plain", mode)
             ratios[f"csg_over_plain_{kind}{suffix}"], ratios[f"csg_over_plain_{kind}{suffix}_worst"] = value, worst
     bf16 = precision == "bf16"
+    machine = hardware(precision)
     return {
         **ratios,
         "harness_speedup_over_reference": round(epoch["reference"]["epoch_seconds"]
                                                 / epoch["harness"]["epoch_seconds"], 3),
         **({"jobs2_over_sequential": workers.get("jobs2_over_sequential")} if workers else {}),
-        "precision": precision, "cpu_model": hardware(precision)["cpu_model"],
+        "precision": precision, "cpu_model": machine["cpu_model"],
         "images_per_s": {f"{archs[0]} {m} {mode}": images_per_s(m, mode) for m in ("plain", "csg") for mode in modes},
         "targets": {"csg_over_plain_train": 0.97, "csg_over_plain_eval": 0.98,
                     "harness_speedup_over_reference": 4.0 if bf16 else 2.0,
@@ -258,8 +258,8 @@ def run(a) -> dict:
         "epoch": epoch,
         "memory": memory,
         **({"workers": workers} if workers else {}),
-        "hardware": {**hardware(precision), "modes": modes},
-        "settings": {"archs": archs, "configs": {k: [label(c) for c in v] for k, v in configs.items()},
+        "hardware": {**machine, "modes": modes},
+        "settings": {"archs": archs, "configs": {k: [csg_row_label(c) for c in v] for k, v in configs.items()},
                      "batch_size": a.batch_size, "steps": a.steps, "repeats": a.repeats, "warmup": a.warmup,
                      "throughput_input": "one synthetic N(0,1) batch, channels_last",
                      "step": step_description(fast_recipe_config(a.batch_size)),
