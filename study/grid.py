@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from study.args import non_negative_seconds
 from study.config import RunConfig
 from study import methods
 from study.methods import BudgetError, get_method
@@ -120,10 +121,14 @@ def _read(path: Path) -> tuple[dict, str, float | None, list[tuple[str, dict]]]:
     if Path(output).is_absolute() or ".." in Path(output).parts:
         raise GridError(f"{_where(path, 'output')}: {output!r} must be a relative folder inside the output root")
     minutes = doc.get("checkpoint_minutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
-                                or not 0 <= minutes < float("inf")):
+    try:
+        if isinstance(minutes, str):  # a YAML number, not text; otherwise the command line's rule
+            raise ValueError(minutes)
+        if minutes is not None:
+            non_negative_seconds(minutes)
+    except ValueError:
         raise GridError(f"{_where(path, 'checkpoint_minutes')}: expected a number of minutes >= 0 (0: only at "
-                        f"the end of each epoch), got {minutes!r}")
+                        f"the end of each epoch), got {minutes!r}") from None
     defaults = doc.get("defaults") or {}
     blocks = doc.get("grid") or []
     explicit = doc.get("runs") or []

@@ -43,6 +43,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study import schema
+from study.args import non_negative_seconds
 from study.env import PROJECT
 from study.schema import default_tracking_uri
 
@@ -57,20 +58,9 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store did not answer for longer than the retry bound."""
 
 
-def parse_retry_seconds(text: str) -> float:
-    """A retry bound in seconds: a number >= 0 (0: one attempt, no retry)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"expected a finite number of seconds >= 0, got {text!r}")
-    return value
-
-
 def default_retry_seconds() -> float:
     text = os.environ.get(RETRY_ENV, "").strip()
-    return parse_retry_seconds(text) if text else DEFAULT_RETRY_SECONDS
+    return non_negative_seconds(text) if text else DEFAULT_RETRY_SECONDS  # 0: one attempt, no retry
 
 
 def is_http(uri: str) -> bool:
