@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from study.surgery import set_submodule
+from study.surgery import remove_submodule, set_submodule
 
 LAYOUTS = ("contiguous", "block")
 GENERATORS = ("learned", "binary", "reuse")
@@ -313,6 +313,5 @@ def materialize(model: nn.Module) -> nn.Module:
         set_submodule(plain, name, conv)
     for name, m in list(plain.named_modules()):
         if isinstance(m, SliceGenerator):
-            parent, _, leaf = name.rpartition(".")
-            delattr(plain.get_submodule(parent) if parent else plain, leaf)
+            remove_submodule(plain, name)
     return plain
