@@ -278,9 +278,9 @@ def cmd_run(a) -> int:
     _check_space(g, out, a.jobs)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(g.name)  # create store and experiment once, before workers race to
-    from study import mlflow_ui
+    from study.schema import describe_experiment
 
-    mlflow_ui.describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
+    describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
     jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads, a.checkpoint_minutes)
     if a.tracking_retry_seconds is not None:
         jobs = [dataclasses.replace(j, tracking_retry_seconds=a.tracking_retry_seconds) for j in jobs]

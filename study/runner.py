@@ -116,7 +116,7 @@ def interrupted_reason(ckpt_dir: Path) -> str | None:
 def _run_one(job: Job, tracker: Tracker) -> Outcome:
     cfg = job.cfg
     exp = tracker.experiment(job.grid)
-    mlflow_ui.describe_experiment(tracker.client, exp)  # training view, run-table columns
+    schema.describe_experiment(tracker.client, exp)  # training view, run-table columns
     h = cfg.hash()
     existing = tracker.find(exp, h)
     if existing is not None and existing.info.status == DONE:

@@ -192,7 +192,7 @@ def args_from_variant(method, label) -> dict[str, str]:
     return args
 
 
-# -- the MLflow UI: experiment tags and the run-table view (see study/mlflow_ui.py) ------------------
+# -- the MLflow UI: experiment tags and the run-table view (runs' datasets and models: study/mlflow_ui.py)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 VIEW_KEY = "study"

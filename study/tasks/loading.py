@@ -14,10 +14,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from study.config import RunConfig
+
 
 class SeededSampler(Sampler):
     """Yields `(index, seed)`; the order (when shuffling) and the seeds come from `generator`."""
@@ -90,9 +90,9 @@ class DeviceLoader:
             yield x, torch.as_tensor(y).to(self.device, non_blocking=True)
 
 
-def make_loader(view: SampleView, cfg: RunConfig, device, train: bool, batch_size: int | None = None) -> DeviceLoader:
+def make_loader(view: SampleView, cfg: RunConfig, device, train: bool) -> DeviceLoader:
     device = torch.device(device)
-    batch_size = batch_size or cfg.batch_size
+    batch_size = cfg.batch_size
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(view, batch_size=batch_size, sampler=SeededSampler(len(view), generator, shuffle=train),
                         num_workers=cfg.workers, generator=generator, pin_memory=device.type == "cuda",

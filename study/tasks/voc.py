@@ -47,7 +47,6 @@ class VOCTask(Task):
     classifies = False
     name = "voc"
     primary = "miou"
-    num_classes = 21
 
     def __init__(self, crop_size: int = 513, scale_range: tuple[float, float] = (0.5, 2.0)):
         """`crop_size` is the standard size, used when a run leaves `image_size` unset."""
