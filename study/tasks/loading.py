@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -98,9 +97,3 @@ def make_loader(view: SampleView, cfg: RunConfig, device, train: bool) -> Device
                         num_workers=cfg.workers, generator=generator, pin_memory=device.type == "cuda",
                         drop_last=train and len(view) > batch_size)  # no lone last batch for BatchNorm
     return DeviceLoader(loader, device, cfg.channels_last)
-
-
-def _random_subset(indices: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    if n is None or n >= len(indices):
-        return np.asarray(indices)
-    return np.sort(np.random.default_rng(seed).permutation(np.asarray(indices))[:n])
