@@ -37,7 +37,6 @@ from study.args import non_negative_seconds
 from study.config import RunConfig
 from study import methods
 from study.methods import BudgetError, get_method
-from study.methods.csg import csg_plan
 from study.schema import CSG_DEFAULTS, CSG_LABEL_DEFAULTS, PLAIN
 from study.models import get_arch
 
@@ -254,8 +253,8 @@ def _check_reuse(path: Path, where: str, cfg: RunConfig, args: dict, src: RunCon
         what = "a random-binary generator" if src.method == "csg" else f"method {src.method!r}"
         raise GridError(f"{label}: generator_from {src.name!r} trains no generator to reuse ({what}); "
                         "name a CSG run with a learned generator")
-    mine = (int(args["slice"]), int(args["code_dim"]), csg_plan(cfg.arch).kernel_size)
-    theirs = (int(src_args["slice"]), int(src_args["code_dim"]), csg_plan(src.arch).kernel_size)
+    csg = get_method("csg")
+    mine, theirs = csg.generator_shape(cfg.arch, args), csg.generator_shape(src.arch, src_args)
     if mine != theirs:
         raise GridError(f"{label}: generator_from {src.name!r} has slice/code_dim/kernel {'/'.join(map(str, theirs))}, "
                         f"this run needs {'/'.join(map(str, mine))}; they must match")

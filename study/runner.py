@@ -35,7 +35,6 @@ import torch
 
 from study import accounting, checkpoint, env, metadata, mlflow_ui, preempt, schema
 from study.config import RunConfig
-from study.csg import generators
 from study.grid import Grid
 from study.methods import get_method
 from study.models import get_arch
@@ -174,7 +173,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
         counts = accounting.account(result.model, (channels, *size))
         final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()},
-                 **generator_share(result.model, counts["total"])}
+                 **get_method(cfg.method).final_metrics(result.model, counts["total"])}
         tags = {"precision": result.precision, **({"resumed_from": result.resumed_from} if result.resumed_from else {})}
         tracker.log(run_id, final, step=cfg.epochs, tags=tags, params={"precision_used": result.precision})
         with tempfile.TemporaryDirectory() as tmp:
@@ -260,16 +259,11 @@ def reused_generator(tracker: Tracker, source) -> torch.Tensor:
             raise RuntimeError(f"source run {source.info.run_name} ({source.info.run_id}) has no logged model "
                                f"to take the generator from: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         state = torch.load(local, map_location="cpu", weights_only=True)
-    if "csg.weight" not in state:
-        raise RuntimeError(f"source run {source.info.run_name} logged a model without a generator (csg.weight)")
-    return state["csg.weight"]
-
-
-def generator_share(model: torch.nn.Module, total: int) -> dict:
-    """`params_generator` (the shared generator's weights) and `generator_share` (their fraction of
-    the network's total, in [0, 1]): what a frozen (random-binary or reused) generator fixes of it."""
-    n = sum(g.weight.numel() for g in generators(model))
-    return {"params_generator": n, "generator_share": n / total} if n and total else {}
+    csg = get_method("csg")
+    weight = csg.generator_in(state)
+    if weight is None:
+        raise RuntimeError(f"source run {source.info.run_name} logged a model without a generator ({csg.GENERATOR_KEY})")
+    return weight
 
 
 # -- the grid -----------------------------------------------------------------------------------

@@ -63,6 +63,11 @@ class Method:
         run at once."""
         return self.on_epoch_start(model, args, epochs - 1, epochs)
 
+    def final_metrics(self, model: nn.Module, total: int) -> dict[str, float]:
+        """This method's own metrics of the trained `model` (whose parameter count is `total`), logged
+        beside the accounting counts when a run ends."""
+        return {}
+
     def structure(self, model: nn.Module) -> dict:
         """JSON-able description of any structural change made during training, for checkpoints."""
         return {}

@@ -13,7 +13,7 @@ from typing import Callable
 import torch.nn as nn
 
 from study import schema
-from study.csg import CSGSpec, all_eligible, convert
+from study.csg import CSGSpec, all_eligible, convert, generators
 from study.methods.base import BudgetError, Method, register
 from study.models import ArchSpec, cifar_resnet, deeplab, densenet_bc, imagenet_resnet, mobilenetv2, shufflenetv2
 
@@ -86,6 +86,23 @@ class CSG(Method):
         if reuse and args["generator"] != "reuse":
             raise ValueError(f"{sorted(reuse)[0]} only applies to generator: reuse")
         return {**args, **reuse}
+
+    GENERATOR_KEY = "csg.weight"  # the generator's weight in a CSG network's state dict (`convert` registers it as csg)
+
+    def generator_shape(self, arch: ArchSpec | str, args: dict) -> tuple[int, int, int]:
+        """(slice, code dim, kernel size) of the generator `build(arch, args)` makes: what the source of
+        a reused generator must train."""
+        return int(args["slice"]), int(args["code_dim"]), csg_plan(arch).kernel_size
+
+    def generator_in(self, state: dict):
+        """The generator weight of a CSG network's state dict (another run's, for reuse), or None."""
+        return state.get(self.GENERATOR_KEY)
+
+    def final_metrics(self, model, total):
+        """`params_generator` (the shared generator's weights) and `generator_share` (their fraction of
+        the network's total, in [0, 1]): what a frozen (random-binary or reused) generator fixes of it."""
+        n = sum(g.weight.numel() for g in generators(model))
+        return {"params_generator": n, "generator_share": n / total} if n and total else {}
 
     def build(self, arch, args, seed=0):
         model = arch.build(num_classes=arch.num_classes)
