@@ -1,6 +1,6 @@
 """The bench command: its arguments, the hardware it reports, and the run of every measurement.
 
-Four measurements, all in one process except the memory and worker probes:
+Five measurements, all in one process except the memory and worker probes:
 
 1. **Throughput** (images/s), training steps and evaluation batches, for each architecture's plain
    network and its CSG versions, on the harness's path (bf16 autocast where the CPU has AMX or
@@ -27,15 +27,15 @@ Four measurements, all in one process except the memory and worker probes:
    training only on a signal, so import time is not counted and the two parallel runs start together.
    `jobs2_over_sequential` = parallel wall time / the sum of the sequential times.
 
-`--modes eager,compile` measures throughput both ways in one run (`torch.compile` of the forward,
-plain and CSG alike; CSG layers trace their generator product into the graph when compiled).
-Every timed training step is `study.train.train_step`, the trainer's own, with the fast recipe's
-optimiser and loss.
-
 5. **Where a step's time goes** (`--profile-steps`): real ResNet-20 training steps over a
    `CifarLoader` and one evaluation pass under `torch.profiler`, each operator's own CPU time put
    in one category (convolution forward and backward, BatchNorm, ReLU, residual and other adds,
    the optimiser, the CSG product, data, evaluation), for plain and CSG 16/72.
+
+`--modes eager,compile` measures throughput both ways in one run (`torch.compile` of the forward,
+plain and CSG alike; CSG layers trace their generator product into the graph when compiled).
+Every timed training step is `study.train.train_step`, the trainer's own, with the fast recipe's
+optimiser and loss.
 
 Speed targets are reported, never asserted.
 """
