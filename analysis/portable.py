@@ -21,7 +21,7 @@ from pathlib import Path
 from unittest import mock
 from urllib.parse import urlparse
 
-from analysis.load import AnalysisError, _check_store_exists, _client, _quiet_mlflow
+from analysis.load import AnalysisError, _check_store_exists, _client
 from study import schema
 
 FORMAT_VERSION = 1
