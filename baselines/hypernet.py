@@ -20,7 +20,7 @@ classifier stay as they are.  Everything is learned and stored, so `stored` = `t
 count is `stored`, as for CSG.
 
 Speed: kernels are regenerated every training step, so the generator writes the blocks of *all*
-its layers in one pair of matrix products (`HyperGenerator.blocks` on every embedding at once) and
+its layers in one pair of matrix products (`HyperGenerator.product` on every embedding at once) and
 serves each layer its kernel from that batch.  `HyperGenerator` is a `study.csg.SliceGenerator` (and
 `HyperConv2d` a `GeneratedConv2d`) so it reuses CSG's one generation per forward pass, its handling of
 channels-last, `study.csg.materialize` and the accounting of kernel-generation FLOPs; only the
@@ -61,13 +61,13 @@ def hypernet_params(n_blocks: int, slice_size: int, z_dim: int, hidden: int, ker
 class HyperGenerator(SliceGenerator):
     """The shared two-layer hypernetwork (a `SliceGenerator` whose generation is Ha et al.'s).
 
-    `blocks(z)` maps embeddings [n, N_z] to blocks [n, S_in * S_out * k * k], each one row-major
-    [S_in, S_out, k, k] (input channel c of the block is K_c, as the maps produce it); the layers'
-    `assemble` puts them in place.
+    `product(z)` (the `SliceGenerator` hook it overrides) maps embeddings [n, N_z] to blocks
+    [n, S_in * S_out * k * k], each one row-major [S_in, S_out, k, k] (input channel c of the block
+    is K_c, as the maps produce it); the layers' `assemble` puts them in place.
     """
 
     def __init__(self, slice_size: int, z_dim: int, hidden: int, kernel_size: int, std: float = 1.0):
-        # layout/generator only describe the spec; `blocks` and `HyperConv2d.assemble` do the work
+        # layout/generator only describe the spec; `product` and `HyperConv2d.assemble` do the work
         super().__init__(CSGSpec(slice=slice_size, code_dim=z_dim, kernel_size=kernel_size, layout="block",
                                  generator="learned", init="linear", code_mean=0.0))
         del self.weight  # the CSG's one bias-free map: not used here
@@ -78,13 +78,12 @@ class HyperGenerator(SliceGenerator):
         self.weight_out = nn.Parameter(torch.randn(S * k2, hidden) * (std / math.sqrt(hidden)))  # W_out
         self.bias_out = nn.Parameter(torch.zeros(S * k2))
 
-    def blocks(self, z: torch.Tensor) -> torch.Tensor:
-        """[n, N_z] embeddings -> [n, S_in * S_out * k * k] blocks: two matrix products for all n."""
+    def product(self, z: torch.Tensor) -> torch.Tensor:
+        """[n, N_z] embeddings -> [n, S_in * S_out * k * k] blocks: two matrix products for all n (the
+        generation `SliceGenerator.generate_all` and `kernel_for` run)."""
         a = F.linear(z, self.weight_in, self.bias_in)                   # [n, S_in * d]
         kernel = F.linear(a.reshape(-1, self.hidden), self.weight_out, self.bias_out)  # [n * S_in, S_out*k*k]
         return kernel.reshape(z.shape[0], -1)
-
-    product = blocks  # the generation `SliceGenerator.generate_all` and `kernel_for` run
 
     def extra_repr(self) -> str:
         s = self.spec
