@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.load import REPO, AnalysisError, default_tracking_uri
+from analysis.load import REPO, AnalysisError
+from study.schema import default_tracking_uri
 
 PROG = "python -m analysis"
 
@@ -156,7 +157,7 @@ def cmd_ui(args) -> int:
 
 def experiment_urls(uri: str, port: int) -> list[tuple[str, str]]:
     """For each experiment of the store, the URL of its run table in MLflow's training view with the
-    study's columns (MLflow 3.17 takes both from the URL; see `study.mlflow_ui`)."""
+    study's columns (MLflow 3.17 takes both from the URL; see `study.schema.ui_path`)."""
     from analysis.load import _client
     from study.schema import describe_experiment, ui_path
 

@@ -8,7 +8,6 @@ manifests.  A configuration whose runs carry no breakdown is named, never guesse
 from __future__ import annotations
 
 import json
-import math
 
 import pandas as pd
 
@@ -41,6 +40,6 @@ def breakdown(summary: pd.DataFrame, finished: pd.DataFrame) -> tuple[pd.DataFra
         counts = {c: int(v) for c, v in counts.items()}
         total = python_value(run.get(BREAKDOWN_TOTAL))
         rows.append({"arch": s["arch"], "method": s["method"], "variant": s["variant"], **counts,
-                     "total": int(total) if total is not None and not math.isnan(total) else sum(counts.values()),
+                     "total": int(total) if total is not None else sum(counts.values()),  # python_value: NaN is None
                      "logged_total": s["params_total"]})
     return pd.DataFrame(rows, columns=COLUMNS), skipped

@@ -15,9 +15,9 @@ import math
 import pandas as pd
 
 from analysis import inference, reference, tables
-from analysis.load import METHOD_LABEL, python_value
+from analysis.load import python_value
 from analysis.reference import AUTHORS_CSG, csg_arg
-from analysis.stats import HEADLINE
+from study.schema import HEADLINE, method_label
 
 CLAIM_POINTS = 1.0   # the paper's claim: fewer parameters at less than 1% (point) of accuracy
 SHORT_BUDGET = 150   # epochs: well short of the authors' ~200, where their CSG still lags plain
@@ -186,14 +186,14 @@ class Evidence:
         s = m.spread()
         if not s["rms"]:
             return ""
-        rms = ", ".join(f"{METHOD_LABEL.get(k, k)} {v:.2f}" for k, v in s["rms"].items())
+        rms = ", ".join(f"{method_label(k)} {v:.2f}" for k, v in s["rms"].items())
         text = f"RMS residual by method (configurations with two or more seeds): {rms}. "
         if math.isnan(s["p"]):
             return text + ("Whether the spread differs between methods is not testable here: no two methods have two "
                            "or more residual degrees of freedom of their own (k seeds of a configuration give k − 1), "
                            "so the model's single residual variance is an assumption these runs cannot check.")
         text += (f"Brown–Forsythe test (Levene's, about the median) of equal spread across "
-                 f"{', '.join(METHOD_LABEL.get(k, k) for k in s['tested'])}: W = {s['statistic']:.2f}, "
+                 f"{', '.join(method_label(k) for k in s['tested'])}: W = {s['statistic']:.2f}, "
                  f"p = {tables.fmt_p(s['p'])}.")
         if s["flag"]:
             text += (" **Flag: the residual spread differs between methods, so the pooled model's equal-variance "

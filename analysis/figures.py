@@ -18,8 +18,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis import reference  # noqa: E402
-from analysis.load import METHOD_LABEL, METHOD_ORDER, arch_rank, python_value  # noqa: E402
-from analysis.stats import HEADLINE, METRIC_LABEL, counted  # noqa: E402
+from analysis.load import METHOD_ORDER, arch_rank, python_value  # noqa: E402
+from analysis.stats import METRIC_LABEL, counted  # noqa: E402
+from study.schema import HEADLINE, method_label  # noqa: E402
 
 PALETTE = sns.color_palette("colorblind", 10)
 MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p"]
@@ -98,7 +99,7 @@ def short_labels(frame: pd.DataFrame) -> list[str]:
     per = frame.groupby(["arch", "method"])["method"].transform("size")
     out = []
     for (_, r), n in zip(frame.iterrows(), per):
-        label = METHOD_LABEL.get(r["method"], r["method"])
+        label = method_label(r["method"])
         if r["variant"] not in ("-", "") and (r["method"] == "csg" or n > 1):
             label += f" {r['variant']}"
         out.append(label)
@@ -185,7 +186,7 @@ def acc_vs_params(summary: pd.DataFrame, out_dir: Path, x: str = "budget") -> li
         ax.set_ylabel("test accuracy at best val. epoch (%)")
     for ax in list(axes.flat)[len(archs):]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], marker=marker(m), color=color(m), ls="", ms=6, label=METHOD_LABEL.get(m, m))
+    handles = [plt.Line2D([], [], marker=marker(m), color=color(m), ls="", ms=6, label=method_label(m))
                for m in seen_methods]
     handles += [plt.Line2D([], [], marker="o", color="black", mfc="none", ls="--", ms=10, lw=0.9,
                            label="Pareto front"),
@@ -314,7 +315,7 @@ def curves_vs_authors(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) 
         ax.plot(o["epoch"] / epochs_ours, o["test_acc"], color=color(ours["method"]), marker=marker(ours["method"]),
                 markevery=max(1, len(o) // 8), ms=4, lw=1.3,
                 label=f"ours (n={ours['n']}, {int(epochs_ours)} ep.)")
-        ax.set_title(f"{r['arch']} {METHOD_LABEL.get(r['method'], r['method'])} "
+        ax.set_title(f"{r['arch']} {method_label(r['method'])} "
                      + (f"S{int(r['slice'])} d{int(r['code_dim'])}" if r["method"] == "csg" else ""), fontsize=9)
         ax.set_xlabel("fraction of training")
         ax.set_ylabel("test accuracy (%)")

@@ -31,10 +31,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 
-from study.schema import (ARCH_ORDER, BREAKDOWN_METRICS, CONFIG_KEYS_TAG, CSG_LABEL_DEFAULTS,  # noqa: F401
-                          DERIVED_PARAMS, EPOCH_METRICS, FINAL_METRICS, MANIFEST_EXTRA, METHOD_LABEL,
-                          METHOD_LABEL_TAG, METHOD_ORDER, VARIANT_NAME_TAG, VARIANT_TAG, args_from_variant,
-                          method_label, parse_value)
+from study.schema import (ARCH_ORDER, CONFIG_KEYS_TAG, EPOCH_METRICS, FINAL_METRICS,
+                          MANIFEST_EXTRA, METHOD_LABEL_TAG, METHOD_ORDER, TAGS, VARIANT_NAME_TAG, VARIANT_TAG,
+                          args_from_variant, default_tracking_uri, method_label, parse_value)
 from study import schema
 
 # never part of a configuration's identity: the seed varies within a group, the rest is bookkeeping
@@ -43,11 +42,8 @@ NOT_IN_GROUP = {"seed", "name", "precision_used", "workers"}
 NOT_PROTOCOL = {"arch", "method", "method_args", "target_params", "seed", "name", "workers", "compile",
                 "channels_last", "precision"}
 
-TAGS = ["config_hash", "git_commit", "device", "torch_version", "precision", "grid", "arch", "method",
-        "failure_reason"]
 # the config fields a manifest.csv lists (in `RunConfig`'s order), for a report regenerated from one
 MANIFEST_CONFIG = ["arch", "method", "target_params", "seed", "epochs"]
-STATUSES = ["FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"]
 
 
 class AnalysisError(ValueError):
@@ -62,10 +58,6 @@ def config_keys(tagged: list) -> list[str]:
     for keys in lists:
         out += [k for k in keys if k not in out]
     return out
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
 
 
 def _quiet_mlflow() -> None:
@@ -264,7 +256,7 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
     if "seed" not in runs.columns:
         runs["seed"] = pd.Series([pd.NA] * len(runs), dtype="Int64")
     runs["failure_reason"] = runs["failure_reason"].fillna("")
-    method_arg_cols = sorted({k for k in param_cols if k not in cfg_keys and k not in DERIVED_PARAMS})
+    method_arg_cols = schema.method_arg_keys(param_cols, cfg_keys)
 
     # groups: identical config except the seed; a name-valued budget points at its run's group
     name_to_key: dict[str, str] = {}

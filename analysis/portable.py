@@ -21,11 +21,10 @@ from pathlib import Path
 from unittest import mock
 from urllib.parse import urlparse
 
-from analysis.load import AnalysisError, _check_store_exists, _client, _quiet_mlflow
+from analysis.load import AnalysisError, _check_store_exists, _client
 from study import schema
 
 FORMAT_VERSION = 1
-SOURCE_TAG = schema.SOURCE_TAG
 FILES = ("README.md", "experiments.jsonl", "runs.jsonl", "metrics.csv")
 
 FORMAT = """# Portable runs
@@ -58,11 +57,6 @@ def _is_sqlite(uri: str) -> bool:
 
 
 # -- export ----------------------------------------------------------------------------------------
-def ui_tags() -> dict[str, str]:
-    """The experiment tags the runner sets: the model-training type and the run-table view."""
-    return schema.experiment_tags()
-
-
 def _fmt(v: float) -> str:
     return repr(float(v)) if math.isfinite(v) else str(float(v))
 
@@ -78,8 +72,8 @@ def export(tracking_uri: str, experiments: list[str], folder: Path) -> list[Path
         if exp is None:
             raise AnalysisError(f"no experiment named {name!r} in {tracking_uri}")
         tags = dict(exp.tags)
-        source = tags.pop(SOURCE_TAG, None) or tracking_uri
-        for key, value in ui_tags().items():  # a study logged before the UI tags existed opens as well
+        source = tags.pop(schema.SOURCE_TAG, None) or tracking_uri
+        for key, value in schema.experiment_tags().items():  # a study logged before the UI tags existed opens as well
             tags.setdefault(key, value)
         exps.append({"name": name, "tags": dict(sorted(tags.items())), "tracking_uri": source,
                      "format_version": FORMAT_VERSION})
@@ -208,7 +202,7 @@ def load_study(folder: Path, tracking_uri: str) -> dict:
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(
             e["name"], artifact_location=schema.artifact_location(tracking_uri, e["name"]))
         exp_ids[e["name"]] = exp_id
-        for key, value in {**e["tags"], SOURCE_TAG: e["tracking_uri"]}.items():
+        for key, value in {**e["tags"], schema.SOURCE_TAG: e["tracking_uri"]}.items():
             client.set_experiment_tag(exp_id, key, value)
     for r in runs:
         if r["experiment"] in present:

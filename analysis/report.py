@@ -17,10 +17,12 @@ import pandas as pd
 from analysis import breakdown as breakdown_mod
 from analysis import evidence, figures, reference, tables
 from analysis.load import (FINAL_METRICS, MANIFEST_EXTRA, REPO, Runs, epochs_wide, python_value)
-from analysis.stats import HEADLINE, comparisons, summarize, varying_protocol
+from analysis.stats import comparisons, summarize, varying_protocol
+from study.schema import HEADLINE
 
 X_CHOICES = ("budget", "total", "stored", "nonzero")
-# the authors' CIFAR protocol (DESIGN.md, from their code), to say where ours departs from it
+# the authors' CIFAR protocol (read from their released training code; reference/README.md), to say
+# where ours departs from it
 AUTHORS_PROTOCOL = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "gamma": 0.1,
                     "milestones": "0.5,0.75", "label_smoothing": 0.0, "nesterov": False}
 AUTHORS_BATCH = {"densenet": 128, "resnet": 192}

@@ -18,10 +18,10 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis import inference
-from analysis.load import METHOD_LABEL, NOT_IN_GROUP, parse_value, python_value, sort_key_frame
+from analysis.load import NOT_IN_GROUP, parse_value, python_value, sort_key_frame
+from study.schema import HEADLINE
 
 CONFIDENCE = inference.CONFIDENCE
-HEADLINE = "test_acc_at_best_val"
 ACC_METRICS = ["test_acc_at_best_val", "final_test_acc", "best_val_acc", "best_test_acc"]
 METRIC_LABEL = {
     "test_acc_at_best_val": "test acc. at best val. epoch",
@@ -75,7 +75,7 @@ def summarize(finished: pd.DataFrame, protocol_cols: list[str] | None = None,
         g = g.sort_values("seed")
         first = g.iloc[0]
         row = {"group": group, "arch": first["arch"], "method": first["method"],
-               "method_label": METHOD_LABEL.get(first["method"], first["method"]), "variant": first["variant"]}
+               "method_label": first["method_label"], "variant": first["variant"]}
         for c in protocol_cols + arg_cols:
             row[c] = python_value(first[c]) if c in first else None
         row["which_variant"] = python_value(first.get("variant_name")) or ""  # the run's `variant_name` tag

@@ -232,8 +232,8 @@ def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, s
     headline and final accuracy get the value.  Configurations are keyed by name and training length,
     so tables with different `epochs` concatenate into one with several training lengths.
     """
-    from analysis.load import METHOD_LABEL, variant_label
-    from study.schema import VARIANT_NAME_TAG
+    from analysis.load import variant_label
+    from study.schema import VARIANT_NAME_TAG, method_label
 
     rng = np.random.default_rng(rng)
     per = seeds if isinstance(seeds, dict) else {name: list(seeds) for name in means}
@@ -247,7 +247,7 @@ def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, s
             row = {"experiment": experiment, "run_name": f"{name}-e{epochs}-s{seed}", "run_id": f"{name}-{epochs}-{seed}",
                    "status": "FINISHED", "superseded": False, "group": f"{name}@{epochs}",
                    "protocol": f"{experiment}:{epochs}", "across_lengths": name, "arch": arch, "method": method,
-                   "method_label": METHOD_LABEL[method], "seed": seed, "epochs": epochs, "epochs_completed": epochs,
+                   "method_label": method_label(method), "seed": seed, "epochs": epochs, "epochs_completed": epochs,
                    "target_params": target, "budget_count": TABLE_BUDGET.get(method, "total"),
                    "method_args": json.dumps(sorted(args)), **args,
                    "params_total": total, "params_trainable": total, "params_frozen": 0, "params_stored": stored,

@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import reference
-from analysis.load import METHOD_LABEL, python_value
-from analysis.stats import ACC_METRICS, HEADLINE, METRIC_LABEL, NO_INTERVAL
+from analysis.load import python_value
+from analysis.stats import ACC_METRICS, METRIC_LABEL, NO_INTERVAL
+from study.schema import HEADLINE, method_label
 
 DASH = "–"
 
@@ -277,7 +278,7 @@ def paper_vs_us(summary: pd.DataFrame, ref: pd.DataFrame) -> Table:
         ours = reference.match(summary, r["arch"], r["method"], r["slice"], r["code_dim"])
         if ours is None:
             continue
-        label = METHOD_LABEL.get(r["method"], r["method"])
+        label = method_label(r["method"])
         if r["method"] == "csg":
             label += f" S{int(r['slice'])} d{int(r['code_dim'])}"
         row = {"dataset": r["dataset"], "arch": r["arch"], "config": label, "group": ours["group"],
@@ -308,7 +309,7 @@ def breakdown_table(frame: pd.DataFrame, skipped: list[str]) -> Table:
     from analysis.breakdown import CATEGORIES
     disp = []
     for _, r in frame.iterrows():
-        d = {"arch": r["arch"], "method": METHOD_LABEL.get(r["method"], r["method"]), "variant": r["variant"]}
+        d = {"arch": r["arch"], "method": method_label(r["method"]), "variant": r["variant"]}
         for c in CATEGORIES:
             d[c] = fmt_int(r[c])
         d["total"] = fmt_int(r["total"])

@@ -3,7 +3,7 @@
 Every baseline walks an ordinary `nn.Module` tree, so it works on any architecture of the zoo.  The
 layers a method compresses are chosen by its `layers` argument:
 
-  authors   the convs CSG converts under the authors' policy (`study.methods.csg.recipe(arch).policy`):
+  authors   the convs CSG converts under the authors' policy (`study.methods.csg.csg_plan(arch).policy`):
             on CIFAR ResNets every 3x3 conv inside the residual blocks.  The default, so that a baseline
             and CSG compress the same layers at a matched budget.
   eligible  every ungrouped conv except the stem (`ArchSpec.first_conv`).
@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from study.methods import BudgetError
-from study.methods.csg import recipe
+from study.csg import all_eligible
+from study.methods.csg import select
 
 LAYER_SETS = ("authors", "eligible")
 
@@ -63,10 +64,13 @@ def epoch_at(fraction: float, epochs: int) -> int:
 
 # -- layer selection ------------------------------------------------------------------------------
 def policy(arch, layers: str) -> Callable[[str, nn.Conv2d], bool]:
+    """`eligible`: `study.csg.all_eligible`; `authors`: those of them CSG's authors' policy converts."""
     check_choice("layers", "layers", layers, LAYER_SETS)
+    eligible = all_eligible(arch.first_conv)
     if layers == "authors":
-        return lambda name, conv: name != arch.first_conv and conv.groups == 1 and recipe(arch).policy(name, conv)
-    return lambda name, conv: name != arch.first_conv and conv.groups == 1
+        authors = select(arch, "authors")
+        return lambda name, conv: eligible(name, conv) and authors(name, conv)
+    return eligible
 
 
 def select_convs(model: nn.Module, arch, layers: str, kernel_sizes: tuple[int, ...] | None = None

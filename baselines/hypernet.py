@@ -1,7 +1,7 @@
 """Static HyperNetworks (`--method hypernet`; Ha, Dai & Le, "HyperNetworks", ICLR 2017).
 
 The convs CSG converts (the same `policy`: `authors`, the authors' layers, or `all`, every
-ungrouped conv but the stem, and the same kernel size, CSG's recipe, `study.methods.csg.recipe`) are cut into
+ungrouped conv but the stem, and the same kernel size: CSG's per-architecture plan, `study.methods.csg.csg_plan`) are cut into
 blocks of S_out x S_in x k x k (S = `slice`, 16 as in the paper; channels that are not a multiple
 of S are padded to one and cropped, as CSG does).  Block (i, j) (output block i, input block j)
 owns a learned embedding z_ij of N_z = `z_dim` values (64 in the paper).  One hypernetwork, shared
@@ -20,11 +20,11 @@ classifier stay as they are.  Everything is learned and stored, so `stored` = `t
 count is `stored`, as for CSG.
 
 Speed: kernels are regenerated every training step, so the generator writes the blocks of *all*
-its layers in one pair of matrix products (`HyperGenerator.blocks` on every embedding at once) and
+its layers in one pair of matrix products (`HyperGenerator.product` on every embedding at once) and
 serves each layer its kernel from that batch.  `HyperGenerator` is a `study.csg.SliceGenerator` (and
-`HyperConv2d` a `GeneratedConv2d`) so it reuses CSG's per-forward-pass cache, its handling of
+`HyperConv2d` a `GeneratedConv2d`) so it reuses CSG's one generation per forward pass, its handling of
 channels-last, `study.csg.materialize` and the accounting of kernel-generation FLOPs; only the
-generation (two linear maps with biases, not one bias-free map) and the block layout differ.
+generation (`product`: two linear maps with biases, not one bias-free map) and the block layout differ.
 
 Initialisation: embeddings truncated N(0, 1) in [-2, 2] (the reference draws fmod(randn, 2)); W_in
 N(0, 1/N_z), so each a_c has unit-variance entries; W_out N(0, s^2/d), with s the RMS of the
@@ -41,9 +41,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from study.accounting import unique_parameters
-from study.csg import CSGSpec, GeneratedConv2d, SliceGenerator, all_eligible, attach_generator, n_slices
+from study.csg import CSGSpec, GeneratedConv2d, SliceGenerator, attach_generator, n_slices
 from study.methods import Method, register
-from study.methods.csg import recipe
+from study.methods.csg import csg_plan, select
 from study.surgery import set_submodule
 
 from baselines import _common as C
@@ -61,13 +61,13 @@ def hypernet_params(n_blocks: int, slice_size: int, z_dim: int, hidden: int, ker
 class HyperGenerator(SliceGenerator):
     """The shared two-layer hypernetwork (a `SliceGenerator` whose generation is Ha et al.'s).
 
-    `blocks(z)` maps embeddings [n, N_z] to blocks [n, S_in * S_out * k * k], each one row-major
-    [S_in, S_out, k, k] (input channel c of the block is K_c, as the maps produce it); the layers'
-    `assemble` puts them in place.
+    `product(z)` (the `SliceGenerator` hook it overrides) maps embeddings [n, N_z] to blocks
+    [n, S_in * S_out * k * k], each one row-major [S_in, S_out, k, k] (input channel c of the block
+    is K_c, as the maps produce it); the layers' `assemble` puts them in place.
     """
 
     def __init__(self, slice_size: int, z_dim: int, hidden: int, kernel_size: int, std: float = 1.0):
-        # layout/generator only describe the spec; `blocks` and `HyperConv2d.assemble` do the work
+        # layout/generator only describe the spec; `product` and `HyperConv2d.assemble` do the work
         super().__init__(CSGSpec(slice=slice_size, code_dim=z_dim, kernel_size=kernel_size, layout="block",
                                  generator="learned", init="linear", code_mean=0.0))
         del self.weight  # the CSG's one bias-free map: not used here
@@ -78,18 +78,12 @@ class HyperGenerator(SliceGenerator):
         self.weight_out = nn.Parameter(torch.randn(S * k2, hidden) * (std / math.sqrt(hidden)))  # W_out
         self.bias_out = nn.Parameter(torch.zeros(S * k2))
 
-    def blocks(self, z: torch.Tensor) -> torch.Tensor:
-        """[n, N_z] embeddings -> [n, S_in * S_out * k * k] blocks: two matrix products for all n."""
+    def product(self, z: torch.Tensor) -> torch.Tensor:
+        """[n, N_z] embeddings -> [n, S_in * S_out * k * k] blocks: two matrix products for all n (the
+        generation `SliceGenerator.generate_all` and `kernel_for` run)."""
         a = F.linear(z, self.weight_in, self.bias_in)                   # [n, S_in * d]
         kernel = F.linear(a.reshape(-1, self.hidden), self.weight_out, self.bias_out)  # [n * S_in, S_out*k*k]
         return kernel.reshape(z.shape[0], -1)
-
-    def generate_all(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
-        layers = self._layers
-        z = torch.cat([layer.code for layer in layers]) if len(layers) > 1 else layers[0].code
-        flat = self.blocks(z)
-        parts = flat.split([layer.code.shape[0] for layer in layers]) if len(layers) > 1 else (flat,)
-        return [layer.assemble(part, memory_format) for layer, part in zip(layers, parts)]
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -116,21 +110,12 @@ class HyperConv2d(GeneratedConv2d):
         kernel = kernel.reshape(n_out * S, n_in * S, k, k)[:self.out_channels, :self.in_channels]
         return kernel.contiguous(memory_format=memory_format)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-               and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
-        if torch.compiler.is_compiling():
-            kernel = self.assemble(self.generator.blocks(self.code), fmt)
-        else:
-            kernel = self.kernel(fmt)
-        return F.conv2d(x, kernel, self.bias, self.stride, self.padding, self.dilation)
-
 
 def chosen_convs(model: nn.Module, arch, policy: str) -> list[tuple[str, nn.Conv2d]]:
     """The convs CSG would convert under `policy` (study.csg.convert's rule), in module order."""
     C.check_choice("hypernet", "policy", policy, POLICIES)
-    rule = recipe(arch).policy if policy == "authors" else all_eligible(arch.first_conv)
-    k = recipe(arch).kernel_size
+    rule = select(arch, policy)
+    k = csg_plan(arch).kernel_size
     chosen = [(name, m) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d) and m.kernel_size == (k, k) and rule(name, m)]
     if not chosen:
@@ -153,7 +138,7 @@ def convert(model: nn.Module, arch, slice_size: int, z_dim: int, hidden: int, po
         raise ValueError(f"hypernet: the model's root is an nn.{type(model).__name__}; the shared hypernetwork "
                          "is registered on the root, so wrap it in an nn.Module")
     chosen = chosen_convs(model, arch, policy)
-    generator = HyperGenerator(slice_size, z_dim, hidden, recipe(arch).kernel_size, std=_init_std(chosen))
+    generator = HyperGenerator(slice_size, z_dim, hidden, csg_plan(arch).kernel_size, std=_init_std(chosen))
     for name, conv in chosen:
         new = HyperConv2d(conv.in_channels, conv.out_channels, generator, stride=conv.stride,
                           padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None)
@@ -198,13 +183,13 @@ class HyperNet(Method):
     def formula(self, arch, args) -> int:
         """The count of `build(arch, args)`, by the closed formula (no model built but a skeleton)."""
         rest, blocks = self._shape(arch, args)
-        return rest + hypernet_params(blocks, args["slice"], args["z_dim"], args["hidden"], recipe(arch).kernel_size)
+        return rest + hypernet_params(blocks, args["slice"], args["z_dim"], args["hidden"], csg_plan(arch).kernel_size)
 
     def search(self, arch, args, target):
         rest, blocks = self._shape(arch, args)
 
         def count(d):
-            return rest + hypernet_params(blocks, args["slice"], args["z_dim"], int(d), recipe(arch).kernel_size)
+            return rest + hypernet_params(blocks, args["slice"], args["z_dim"], int(d), csg_plan(arch).kernel_size)
 
         hi = 1
         while count(hi) < target and hi < self.max_hidden:

@@ -36,20 +36,31 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
-    from study.tracking import parse_retry_seconds
-
+def non_negative_seconds(value) -> float:
+    """A finite number >= 0 (0: off, or one attempt): the rule of --tracking-retry-seconds (and
+    $STUDY_TRACKING_RETRY_SECONDS), --checkpoint-minutes and a grid's `checkpoint_minutes`.  Text is
+    read as a number; a bool is none.  ValueError otherwise."""
     try:
-        return parse_retry_seconds(text)
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"expected a finite number of seconds >= 0, got {value!r}")
+    return number
+
+
+def seconds(text: str) -> float:
+    try:
+        return non_negative_seconds(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def minutes(text: str) -> float:
-    from study.tracking import parse_retry_seconds
-
     try:
-        return parse_retry_seconds(text)  # the same rule as seconds: a finite number >= 0
+        return non_negative_seconds(text)  # the same rule as seconds: a finite number >= 0
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a finite number of minutes >= 0, got {text!r}") from None
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from study.csg import generated_convs
 from study.methods import build
-from study.methods.csg import recipe
+from study.methods.csg import csg_plan
 from study.models import ArchSpec, get_arch
 
 _GENERATOR = re.compile(r"(^|\.)(CLG|CSG)\.weight$")
@@ -42,7 +42,7 @@ def translate(state: dict[str, torch.Tensor], arch: ArchSpec) -> tuple[dict[str,
     """Our state dict and the CSG arguments (None for a plain network) for an authors' state dict."""
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
     out, generator = {}, None
-    names = recipe(arch).authors_code_names
+    names = csg_plan(arch).authors_code_names
     for key, value in state.items():
         if _GENERATOR.search(key):
             if key.count(".") == 1:  # the top-level copy; per-block copies hold the same values
@@ -59,7 +59,7 @@ def translate(state: dict[str, torch.Tensor], arch: ArchSpec) -> tuple[dict[str,
         return out, None
     out["csg.weight"] = generator
     rows, code_dim = generator.shape
-    k = recipe(arch).kernel_size
+    k = csg_plan(arch).kernel_size
     slice_size = math.isqrt(rows // (k * k))
     if slice_size * slice_size * k * k != rows:
         raise CheckpointError(f"generator of shape {tuple(generator.shape)} is not S*S*{k}*{k} x d")
@@ -83,25 +83,16 @@ def load_model(path: str | Path, arch_name: str) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 100,
-             tta: bool = False) -> float | tuple[float, float]:
-    """Top-1 accuracy in % over all of (x, y), normalised as the authors did; fp32.  With `tta`, the
-    pair (single view, flip TTA): the same recipe's `test_acc_tta`, softmax averaged over each image and
-    its mirror, so that the authors' networks and ours are compared under the same test-time rule.
+             tta: bool = False) -> dict[str, float]:
+    """The CIFAR-10 task's own evaluation (`Task.evaluate`, fp32) over all of (x, y), normalised as the
+    authors did: `loss`, top-1 accuracy `acc` in %, and with `tta` also `acc_tta` (the runs'
+    `test_acc_tta`: softmax averaged over each image and its mirror), so that the authors' networks
+    and ours are compared under the same rules.
 
     channels_last and small batches: about 15% faster on CPU for these nets (cache-sized activations)."""
     from study.data.cifar import CifarLoader
-    from study.recipe import flip_tta_logits
+    from study.tasks import get_task
 
     model.eval().to(memory_format=torch.channels_last)
-    correct = correct_tta = 0
-    for xb, yb in CifarLoader(x, y, batch_size, train=False, channels_last=True):
-        if tta:
-            out, probs = flip_tta_logits(model, xb)
-            correct_tta += int((probs.argmax(1) == yb).sum())
-        else:
-            out = model(xb)
-        correct += int((out.argmax(1) == yb).sum())
-    acc = 100.0 * correct / len(y)
-    return (acc, 100.0 * correct_tta / len(y)) if tta else acc
+    return get_task("cifar10").evaluate(model, CifarLoader(x, y, batch_size, train=False, channels_last=True), tta=tta)

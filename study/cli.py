@@ -13,7 +13,8 @@ from pathlib import Path
 
 from study.args import Parser, UsageError, data_root, key_value, minutes, positive_int, seconds
 from study.env import PROJECT
-from study.tracking import RETRY_ENV, Tracker, TrackingUnavailable, default_uri, unreachable
+from study.schema import default_tracking_uri
+from study.tracking import RETRY_ENV, Tracker, TrackingUnavailable, unreachable
 
 INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: a run stopped for a reason outside it (store away, disk full); run again
 
@@ -25,14 +26,14 @@ def _arch_names() -> list[str]:
 
 def build_parser() -> Parser:
     from study.csg import GENERATORS, LAYOUTS
-    from study.methods import method_names
+    from study.methods import method_names, no_plugins_hint
 
     p = Parser(prog="python -m study", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     q = sub.add_parser("params", help="parameter, size and FLOP counts of one configuration")
     q.add_argument("--arch", required=True, choices=_arch_names())
-    q.add_argument("--method", default="none", choices=method_names())
+    q.add_argument("--method", default="none", choices=method_names(), help=no_plugins_hint() or None)
     q.add_argument("--code-dim", type=positive_int)
     q.add_argument("--slice", type=positive_int)
     q.add_argument("--layout", choices=LAYOUTS)
@@ -110,6 +111,7 @@ def build_parser() -> Parser:
 # -- commands -----------------------------------------------------------------------------------
 def cmd_params(a) -> dict:
     from study import accounting
+    from study.config import RunConfig
     from study.methods import BudgetError, build, get_method
     from study.models import get_arch
 
@@ -127,7 +129,7 @@ def cmd_params(a) -> dict:
     except ValueError as e:
         raise UsageError(f"{a.method}: {e}") from None
     arch = get_arch(a.arch)
-    model = method.final_model(model, resolved)
+    model = method.final_model(model, resolved, RunConfig.epochs)  # a run's length where a grid names none
     counts = accounting.account(model, None if a.no_flops else arch.input_size)
     budget = method.counted(model, arch, resolved)
     out = {"arch": a.arch, "method": a.method, **counts, "args": resolved, "budget_count": method.count,
@@ -153,10 +155,10 @@ def cmd_evaluate_authors(a) -> dict:
         raise UsageError(str(e)) from None
     data = load_cifar10(root)
     with torch.inference_mode():
-        acc = evaluate(model, data.test_x, data.test_y, tta=a.tta)
-    acc, tta = acc if a.tta else (acc, None)
+        scores = evaluate(model, data.test_x, data.test_y, tta=a.tta)
+    acc = scores["acc"]
     return {"checkpoint": a.checkpoint, "arch": a.arch, "accuracy": acc,
-            **({"accuracy_tta": tta} if a.tta else {}), **meta,
+            **({"accuracy_tta": scores["acc_tta"]} if a.tta else {}), **meta,
             "difference": acc - meta["stored_accuracy"], **accounting.count_parameters(model)}
 
 
@@ -177,7 +179,7 @@ def _load_grid(a):
         if e.errno == errno.ENOSPC:
             raise UsageError(f"{out}: the output folder's disk is full ({e.strerror})") from None
         raise UsageError(f"{out}: output folder is not writable ({e.strerror})") from None
-    uri = a.tracking_uri or default_uri()
+    uri = a.tracking_uri or default_tracking_uri()
     why = unreachable(uri)
     if why is not None:
         raise UsageError(f"{uri}: the tracking server cannot be reached ({why})")
@@ -205,16 +207,12 @@ def _check_configs(g) -> None:
             raise UsageError(f"{g.path}: {c.name}: {e}") from None
 
 
-def _checkpoint_root(g, out: Path) -> Path:
-    return out / g.output / "checkpoints" if g.output else out / "checkpoints"
-
-
 def _check_checkpoints(g, out: Path) -> None:
     """A run's checkpoint folder (named by its config hash) holds only checkpoints of that config:
     resuming from a folder copied or renamed from another run would train another configuration."""
     from study import checkpoint
 
-    root = _checkpoint_root(g, out)
+    root = g.checkpoint_root(out)
     for c in g.runs:
         h = c.hash()
         for path in checkpoint.candidates(root / h):
@@ -280,9 +278,9 @@ def cmd_run(a) -> int:
     _check_space(g, out, a.jobs)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(g.name)  # create store and experiment once, before workers race to
-    from study import mlflow_ui
+    from study.schema import describe_experiment
 
-    mlflow_ui.describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
+    describe_experiment(tracker.client, exp_id, g.description)  # model training, its run table
     jobs = runner.jobs_for(g, uri, data_root, out, a.jobs, a.retry_failed, a.threads, a.checkpoint_minutes)
     if a.tracking_retry_seconds is not None:
         jobs = [dataclasses.replace(j, tracking_retry_seconds=a.tracking_retry_seconds) for j in jobs]
@@ -334,7 +332,7 @@ def cmd_backfill_metadata(a) -> int:
         n = metadata.backfill_manifest(path)
         print(f"{path}: {'filled the missing columns of ' + str(n) + ' rows' if n else 'nothing missing'}")
         return 0
-    uri = a.tracking_uri or default_uri()
+    uri = a.tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"backfill-metadata: no MLflow store at {uri}")
     why = unreachable(uri)
@@ -345,7 +343,8 @@ def cmd_backfill_metadata(a) -> int:
     except ValueError as e:
         raise UsageError(f"backfill-metadata: {e}") from None
     print(f"{uri}: {done['updated']} run(s) given the breakdown and labels ({done['failed']} without a "
-          f"breakdown), {done['complete']} already had them")
+          f"breakdown), {done['complete']} already had them"
+          + (f", {done['skipped']} skipped (no arch or method param)" if done["skipped"] else ""))
     return 0
 
 

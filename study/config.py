@@ -27,8 +27,8 @@ class RunConfig:
     method_args: dict[str, Any] = field(default_factory=dict)
     # parameter budget: an int; a grid file may name a configuration instead (`target_params: {method: ...,
     # method_args: ...}`), which the grid resolves to that configuration's count before building this
-    # RunConfig.  (The annotation keeps `str`: it is part of no hash, and changing it changes nothing stored.)
-    target_params: int | str | None = None
+    # RunConfig (it refuses any other value)
+    target_params: int | None = None
     seed: int = 0
 
     # optimisation (defaults: the authors' CIFAR protocol)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from study.surgery import set_submodule
+from study.surgery import remove_submodule, set_submodule
 
 LAYOUTS = ("contiguous", "block")
 GENERATORS = ("learned", "binary", "reuse")
@@ -135,12 +135,17 @@ class SliceGenerator(nn.Module):
         return list(self._layers)
 
     # -- generation ---------------------------------------------------------------------------
+    def product(self, codes: torch.Tensor) -> torch.Tensor:
+        """`[n, code_dim]` codes -> `[n, S*S*k*k]` generated slice values: the one bias-free map.  The
+        hook a generator with another generation overrides (`baselines/hypernet.py`)."""
+        return F.linear(codes, self.weight)
+
     def generate_all(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
-        """Every attached layer's kernel from a single matrix product, dense in `memory_format`."""
+        """Every attached layer's kernel from a single `product`, dense in `memory_format`."""
         layers = self._layers
         codes = torch.cat([layer.code for layer in layers]) if len(layers) > 1 else layers[0].code
         with torch.profiler.record_function("csg_product"):  # a named scope for `study bench`'s breakdown
-            flat = F.linear(codes, self.weight)
+            flat = self.product(codes)
         # One split node, not a slice per layer: the backward of `flat[start:stop]` writes each
         # layer's gradient into a zero tensor of the whole product's size and sums them all.
         parts = flat.split([layer.code.shape[0] for layer in layers]) if len(layers) > 1 else (flat,)
@@ -151,9 +156,11 @@ class SliceGenerator(nn.Module):
         """`layer`'s kernel, dense in `memory_format` (a conv with channels_last input takes a
         channels_last kernel without converting it).  Inside a forward pass of the root, all kernels
         are generated once, in the format of the layer that asks first (another format gets a
-        converted copy); outside one, they are generated for this request alone."""
+        converted copy); outside one, only this layer's kernel is generated, from its own codes."""
         if not self._in_pass:
-            return self.generate_all(memory_format)[layer.generator_index]
+            with torch.profiler.record_function("csg_product"):
+                slices = self.product(layer.code)
+            return layer.assemble(slices, memory_format)
         if self._kernels is None:
             self._kernels = self.generate_all(memory_format)
         return self._kernels[layer.generator_index].contiguous(memory_format=memory_format)
@@ -234,9 +241,9 @@ class GeneratedConv2d(nn.Module):
         fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
                and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         if torch.compiler.is_compiling():
-            # torch.compile traces the product itself (the cache's Python bookkeeping would only
-            # cause graph breaks and recompilations); the compiled graph computes it once per call
-            kernel = self.assemble(F.linear(self.code, self.generator.weight), fmt)
+            # torch.compile traces the product itself (the per-pass scope's Python bookkeeping would
+            # only cause graph breaks and recompilations); the compiled graph computes it once per call
+            kernel = self.assemble(self.generator.product(self.code), fmt)
         else:
             kernel = self.kernel(fmt)
         return F.conv2d(x, kernel, self.bias, self.stride, self.padding, self.dilation)
@@ -306,6 +313,5 @@ def materialize(model: nn.Module) -> nn.Module:
         set_submodule(plain, name, conv)
     for name, m in list(plain.named_modules()):
         if isinstance(m, SliceGenerator):
-            parent, _, leaf = name.rpartition(".")
-            delattr(plain.get_submodule(parent) if parent else plain, leaf)
+            remove_submodule(plain, name)
     return plain

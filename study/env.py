@@ -1,7 +1,8 @@
 """The machine a run finds itself on: the one home of the project root, the device, the CPU's name and
-flags, the precision a run trains in and the default tracking store.
+flags and the precision a run trains in (the default tracking store, `default_tracking_uri`, is
+`study.schema`'s, part of the store contract; it is importable from here too).
 
-Light on purpose (no torch or MLflow at import): `study fetch` and the analysis can use it too.
+Light on purpose (no torch or MLflow at import): `study fetch` and the bench use it too.
 `/proc/cpuinfo` is read here and nowhere else, once per process.
 """
 from __future__ import annotations
@@ -11,12 +12,9 @@ import functools
 import os
 from pathlib import Path
 
+from study.schema import default_tracking_uri  # noqa: F401  (a public name of env's before it moved)
+
 PROJECT = Path(__file__).resolve().parent.parent  # the repository: configs/, reference/, results/
-
-
-def default_tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else the SQLite store `mlflow.db` in the project."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / 'mlflow.db'}"
 
 
 # -- the CPU ------------------------------------------------------------------------------------------

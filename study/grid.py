@@ -33,10 +33,10 @@ from pathlib import Path
 
 import yaml
 
+from study.args import non_negative_seconds
 from study.config import RunConfig
 from study import methods
 from study.methods import BudgetError, get_method
-from study.methods.csg import recipe
 from study.schema import CSG_DEFAULTS, CSG_LABEL_DEFAULTS, PLAIN
 from study.models import get_arch
 
@@ -58,6 +58,10 @@ class Grid:
     counts: dict[str, dict]         # config hash -> accounting counts (no FLOPs)
     depends: dict[str, str] = field(default_factory=dict)  # dependant's hash -> its source's (reuse)
     checkpoint_minutes: float | None = None  # mid-epoch checkpoints this often; how, not what: no run's hash
+
+    def checkpoint_root(self, output_root: Path) -> Path:
+        """Where the runs of this grid keep their checkpoints (one folder per config hash) under `output_root`."""
+        return output_root / self.output / "checkpoints" if self.output else output_root / "checkpoints"
 
     def source_of(self, cfg: RunConfig) -> RunConfig | None:
         """The run whose generator `cfg` reuses, or None."""
@@ -98,8 +102,9 @@ def _where(path: Path, key: str) -> str:
     return f"{path}: {key}"
 
 
-def load(path: str | Path) -> Grid:
-    path = Path(path)
+def _read(path: Path) -> tuple[dict, str, float | None, list[tuple[str, dict]]]:
+    """(the document, its output folder, its checkpoint minutes, every run as (where, raw run dict)),
+    checked key by key; nothing resolved yet."""
     if not path.is_file():
         raise GridError(f"{path}: no such grid file")
     try:
@@ -115,10 +120,14 @@ def load(path: str | Path) -> Grid:
     if Path(output).is_absolute() or ".." in Path(output).parts:
         raise GridError(f"{_where(path, 'output')}: {output!r} must be a relative folder inside the output root")
     minutes = doc.get("checkpoint_minutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
-                                or not 0 <= minutes < float("inf")):
+    try:
+        if isinstance(minutes, str):  # a YAML number, not text; otherwise the command line's rule
+            raise ValueError(minutes)
+        if minutes is not None:
+            non_negative_seconds(minutes)
+    except ValueError:
         raise GridError(f"{_where(path, 'checkpoint_minutes')}: expected a number of minutes >= 0 (0: only at "
-                        f"the end of each epoch), got {minutes!r}")
+                        f"the end of each epoch), got {minutes!r}") from None
     defaults = doc.get("defaults") or {}
     blocks = doc.get("grid") or []
     explicit = doc.get("runs") or []
@@ -137,7 +146,23 @@ def load(path: str | Path) -> Grid:
         raw.append((f"runs[{i}]", {**defaults, **run}))
     if not raw:
         raise GridError(f"{path}: the grid defines no runs (add 'grid' blocks or 'runs')")
+    return doc, output, minutes, raw
 
+
+def resolve_run(path: str | Path, method: str) -> RunConfig:
+    """The `RunConfig` of the first run of `method` in a grid file, resolved as `load` resolves it but
+    not planned (its network is not built, no knob searched): for a reader that needs one run's settings
+    (the bench's fast recipe).  A `target_params` naming another configuration still builds that one."""
+    path = Path(path)
+    for where, run in _read(path)[3]:
+        if run.get("method", RunConfig.method) == method:
+            return _config(path, where, run)[0]
+    raise GridError(f"{path}: no run of method {method!r}")
+
+
+def load(path: str | Path) -> Grid:
+    path = Path(path)
+    doc, output, minutes, raw = _read(path)
     configs, resolved, counts, seen, depends = [], {}, {}, {}, {}
     by_name: dict[str, RunConfig] = {}
     for i in _dependency_order(path, raw):
@@ -228,14 +253,26 @@ def _check_reuse(path: Path, where: str, cfg: RunConfig, args: dict, src: RunCon
         what = "a random-binary generator" if src.method == "csg" else f"method {src.method!r}"
         raise GridError(f"{label}: generator_from {src.name!r} trains no generator to reuse ({what}); "
                         "name a CSG run with a learned generator")
-    mine = (int(args["slice"]), int(args["code_dim"]), recipe(cfg.arch).kernel_size)
-    theirs = (int(src_args["slice"]), int(src_args["code_dim"]), recipe(src.arch).kernel_size)
+    csg = get_method("csg")
+    mine, theirs = csg.generator_shape(cfg.arch, args), csg.generator_shape(src.arch, src_args)
     if mine != theirs:
         raise GridError(f"{label}: generator_from {src.name!r} has slice/code_dim/kernel {'/'.join(map(str, theirs))}, "
                         f"this run needs {'/'.join(map(str, mine))}; they must match")
 
 
 def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
+    """(config, resolved method args, accounting counts of the network as training ends it)."""
+    cfg, method_args = _config(path, where, run)
+    try:
+        args, count = methods.plan(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params,
+                                   epochs=cfg.epochs)
+    except (BudgetError, ValueError, TypeError) as e:
+        raise GridError(f"{_where(path, where)} ({cfg.name}): {str(e).splitlines()[0]}") from None
+    return cfg, args, count
+
+
+def _config(path: Path, where: str, run: dict) -> tuple[RunConfig, dict]:
+    """(config, the method's arguments with its defaults) of one raw run, its keys and values checked."""
     unknown = set(run) - set(RunConfig.keys())
     if unknown:
         raise GridError(f"{_where(path, where)}: unknown key {sorted(unknown)[0]!r}; "
@@ -256,7 +293,6 @@ def _resolve(path: Path, where: str, run: dict) -> tuple[RunConfig, dict, dict]:
             raise ValueError(f"target_params must be a positive integer or a mapping naming a configuration, "
                              f"got {target!r}")
         cfg = RunConfig.from_dict({**run, "method_args": method_args})
-        args, count = methods.plan(cfg.arch, cfg.method, method_args, seed=cfg.seed, target_params=cfg.target_params)
     except (BudgetError, ValueError, TypeError) as e:
         raise GridError(f"{_where(path, where)} ({run['name']}): {str(e).splitlines()[0]}") from None
-    return cfg, args, count
+    return cfg, method_args

@@ -2,8 +2,9 @@
 parameter breakdown (metrics `study.schema.BREAKDOWN_METRICS`, step 0) and the labels (tags
 `study.schema.LABEL_TAGS`).
 
-`runner` logs them when a run starts (and when it resumes a run logged without them).  `backfill`
-adds them to runs logged before they existed, from each run's logged params; `backfill_manifest`
+`runner` logs them when a run starts (and when it resumes a run logged without them), from the run's
+config and resolved arguments (`labels_and_breakdown`).  `backfill` adds them to runs logged before
+they existed, from each run's logged params (`from_logged_params`); `backfill_manifest`
 adds the same as columns to a `manifest.csv` written by `python -m analysis report` (whose runs are
 known only by their arch, method, variant label, seed and training length).  Both are
 `python -m study backfill-metadata`.
@@ -14,6 +15,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,7 +33,7 @@ def method_args(params: dict[str, str], config_keys: list[str]) -> dict:
 def labels(method: str, args: dict, target, config_keys: list[str]) -> dict[str, str]:
     """The label tags of a run whose method arguments, read back from its params, are `args`."""
     try:
-        named = getattr(get_method(method), "variant", None) if method not in (schema.PLAIN, "csg") else None
+        named = getattr(get_method(method), "variant", None)  # plain and CSG have none
         variant_name = str(named(dict(args))) if named is not None else ""
     except (KeyError, TypeError, ValueError):  # an argument the run's code did not log yet
         variant_name = ""
@@ -53,7 +55,7 @@ def breakdown(arch: str, method: str, args: dict, epochs: int, seed: int = 0, ta
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model, margs = build(arch, method, args, seed=seed, target_params=target_params)
-            model = method_obj.on_epoch_start(model, margs, epochs - 1, epochs)
+            model = method_obj.final_model(model, margs, epochs)
             return accounting.breakdown(model)
 
     out = counts()
@@ -63,41 +65,47 @@ def breakdown(arch: str, method: str, args: dict, epochs: int, seed: int = 0, ta
     return {**{schema.BREAKDOWN[c]: n for c, n in out.items()}, schema.BREAKDOWN_TOTAL: sum(out.values())}
 
 
-def for_params(params: dict[str, str], seed_default: int = 0, logged_total: float | None = None,
-               config_keys: list[str] | None = None) -> tuple[dict, dict]:
-    """(metrics, tags) for a run from its logged params (every value a string, as MLflow stores them)."""
+def _read(params: dict[str, str], config_keys: list[str] | None = None) -> tuple[dict, object, int, int, dict]:
+    """(method args, target, epochs, seed, label tags) of a run from its logged params (every value a
+    string, as MLflow stores them); `config_keys` defaults to the `RunConfig` fields among them."""
     keys = config_keys if config_keys is not None else [k for k in RunConfig.keys() if k in params]
-    arch, method = params["arch"], params["method"]
     args = method_args(params, keys)
     target = schema.parse_value(params.get("target_params"))
-    tags = labels(method, args, target, keys)
     epochs = int(schema.parse_value(params.get("epochs")) or 1)
-    seed = int(schema.parse_value(params.get("seed")) or seed_default)
-    return breakdown(arch, method, args, epochs, seed, target, logged_total), tags
+    seed = int(schema.parse_value(params.get("seed")) or 0)
+    return args, target, epochs, seed, labels(params["method"], args, target, keys)
 
 
-def at_start(params: dict) -> tuple[dict, dict]:
-    """The label tags and (a callable for) the breakdown metrics of a run starting with `params`, read
-    as they come back from the store: a network that cannot be built still gets its labels."""
-    logged = {k: str(v) for k, v in params.items()}
-    keys = [k for k in RunConfig.keys() if k in logged]
-    args = method_args(logged, keys)
-    target = schema.parse_value(logged.get("target_params"))
-    tags = labels(logged["method"], args, target, keys)
-    epochs = int(schema.parse_value(logged.get("epochs")) or 1)
-    seed = int(schema.parse_value(logged.get("seed")) or 0)
-    return tags, lambda: breakdown(logged["arch"], logged["method"], args, epochs, seed)
+def from_logged_params(params: dict[str, str], logged_total: float | None = None,
+                       config_keys: list[str] | None = None) -> tuple[dict, dict]:
+    """(breakdown metrics, label tags) for a run from its logged params."""
+    args, target, epochs, seed, tags = _read(params, config_keys)
+    return breakdown(params["arch"], params["method"], args, epochs, seed, target, logged_total), tags
 
 
-def missing(metrics: dict, tags: dict) -> bool:
+def labels_and_breakdown(cfg: RunConfig, resolved_args: dict) -> tuple[dict, Callable[[], dict]]:
+    """The label tags of a run starting as `cfg` with its method's `resolved_args`, and a callable for
+    its breakdown metrics (a network that cannot be built still gets its labels).  From the values
+    themselves, not from params read back from the store (which would turn a string argument that
+    reads as a number, bool or None into one)."""
+    params = {**cfg.flat_params(), **resolved_args}  # the params the runner logs, as values
+    keys = [k for k in RunConfig.keys() if k in params]
+    args = {k: params[k] for k in schema.method_arg_keys(params, keys) if params[k] is not None}
+    tags = labels(cfg.method, args, cfg.target_params, keys)
+    return tags, lambda: breakdown(cfg.arch, cfg.method, args, cfg.epochs, cfg.seed)
+
+
+def lacks_metadata(metrics: dict, tags: dict) -> bool:
+    """A run logged without the breakdown or the labels (by code older than them)."""
     return not (set(schema.BREAKDOWN_METRICS) <= set(metrics) and set(schema.LABEL_TAGS) <= set(tags))
 
 
 # -- older runs -------------------------------------------------------------------------------------
 def backfill(tracker, experiment: str | None = None, log=print) -> dict[str, int]:
     """Log the breakdown and the labels to every run of the store (or of one experiment) that lacks
-    them, from its logged params; runs that have them are left as they are.  A run whose network
-    cannot be built here gets its labels and is reported."""
+    them, from its logged params; runs that have them are left as they are (`complete`), and so are
+    runs without `arch` or `method` params (`skipped`).  A run whose network cannot be built here
+    gets its labels and is reported (`failed`)."""
     from mlflow.entities import ViewType
 
     client = tracker.client
@@ -105,20 +113,21 @@ def backfill(tracker, experiment: str | None = None, log=print) -> dict[str, int
             if experiment is None or e.name == experiment]
     if experiment is not None and not exps:
         raise ValueError(f"no experiment named {experiment!r} in {tracker.uri}")
-    done = {"updated": 0, "complete": 0, "failed": 0}
+    done = {"updated": 0, "complete": 0, "skipped": 0, "failed": 0}
     for e in exps:
         for run in tracker.runs(e.experiment_id):
             data = run.data
-            if not missing(data.metrics, data.tags) or "arch" not in data.params or "method" not in data.params:
+            if not lacks_metadata(data.metrics, data.tags):
                 done["complete"] += 1
                 continue
-            keys = [k for k in RunConfig.keys() if k in data.params]
+            if "arch" not in data.params or "method" not in data.params:
+                done["skipped"] += 1
+                continue
+            args, target, epochs, seed, tags = _read(data.params)
             try:
-                metrics, tags = for_params(data.params, logged_total=data.metrics.get("params_total"),
-                                           config_keys=keys)
+                metrics = breakdown(data.params["arch"], data.params["method"], args, epochs, seed, target,
+                                    data.metrics.get("params_total"))
             except Exception as err:  # noqa: BLE001  (a method or architecture this code cannot build)
-                args = method_args(data.params, keys)
-                tags = labels(data.params["method"], args, schema.parse_value(data.params.get("target_params")), keys)
                 metrics = {}
                 done["failed"] += 1
                 log(f"{e.name}/{run.info.run_name}: labels only, no breakdown ({type(err).__name__}: {err})")

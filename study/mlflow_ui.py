@@ -1,11 +1,13 @@
-"""What makes MLflow 3's UI show the study: the experiment's type and view, datasets and models.
+"""What makes MLflow 3's UI show a run: its datasets and models.
 
-- `describe_experiment`: tags the experiment as model training (`mlflow.experimentKind` =
-  `custom_model_development`, MLflow 3's experiment-type tag) and stores a shared view of the run table
-  (`mlflow.sharedViewState.study`: headline accuracy, method, code dimension and parameter counts as
-  columns, sorted by the headline).  MLflow 3.17's UI takes the workflow (GenAI or machine learning)
-  and the columns from the URL, so `python -m analysis ui` prints the URL that opens both:
-  `#/experiments/ID/runs?viewStateShareKey=study&workflowType=machine_learning`.
+The experiment's type and view are part of the store contract, `study.schema` (the analysis sets them
+too): `schema.describe_experiment` tags the experiment as model training (`mlflow.experimentKind` =
+`custom_model_development`, MLflow 3's experiment-type tag) and stores a shared view of the run table
+(`mlflow.sharedViewState.study`: headline accuracy, method, code dimension and parameter counts as
+columns, sorted by the headline).  MLflow 3.17's UI takes the workflow (GenAI or machine learning)
+and the columns from the URL, so `python -m analysis ui` prints the URL that opens both:
+`#/experiments/ID/runs?viewStateShareKey=study&workflowType=machine_learning` (`schema.ui_path`).
+
 - `describe_run` / `log_datasets`: the data each run trained and was judged on, as MLflow dataset inputs (one per split,
   context `training` / `validation` / `test`), each with the md5 of its images and labels as digest and
   the split sizes in its profile.
@@ -22,9 +24,6 @@ import json
 import logging
 
 import torch
-
-from study.schema import (COLUMNS, EXPERIMENT_KIND_TAG, HEADLINE, MODEL_TRAINING, VIEW_KEY,  # noqa: F401
-                          VIEW_TAG, describe_experiment, ui_path, view_state)
 
 log = logging.getLogger(__name__)
 

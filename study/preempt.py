@@ -35,7 +35,7 @@ class Preempted(BaseException):
         self.where, self.signum = where, signum
 
 
-def request(signum: int = signal.SIGUSR2, frame=None) -> None:
+def request(signum: int, frame=None) -> None:
     """Signal handler: note the request; the trainer acts on it at the next batch boundary."""
     _requested.append(signum)
 
@@ -62,7 +62,6 @@ class MidEpoch:
         self.seconds = 60.0 * minutes if minutes else None
         self.clock = clock
         self.last = clock()
-        self.taken: list[str] = []  # "epoch E batch B/N (why)", in order: for the run's record
 
     def due(self) -> str | None:
         if requested() is not None:
@@ -75,7 +74,6 @@ class MidEpoch:
         """A checkpoint was written at `where`; on a preemption request, stop (`Preempted`)."""
         self.last = self.clock()
         if why == "preempt":
-            self.taken.append(f"{where} (preempted)")
             raise Preempted(where, requested())
 
     def epoch_saved(self, where: str, last_epoch: bool) -> None:

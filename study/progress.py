@@ -26,6 +26,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from study import schema
+
 DONE, RUNNING, FAILED, PENDING = "done", "running", "failed", "pending"
 
 
@@ -137,7 +139,7 @@ class Watcher:
                 p.status = run.info.status
                 p.started_at = run.info.start_time / 1000 if run.info.start_time else None
                 p.reason = run.data.tags.get("failure_reason", "")
-                p.test_acc = run.data.metrics.get("test_acc_at_best_val")
+                p.test_acc = run.data.metrics.get(schema.HEADLINE)
                 val = self._history(run.info.run_id, "val_acc")
                 secs = self._history(run.info.run_id, "epoch_seconds")
                 p.done_epochs = sorted(e for e in val if 1 <= e <= p.epochs)

@@ -1,5 +1,6 @@
-"""The pieces of the fast training recipe that are more than a number: weight averaging, the
-weight-decay groups and flip test-time augmentation.  Each is the same for every method.
+"""The pieces of the fast training recipe that are more than a number: weight averaging and the
+weight-decay groups (flip test-time augmentation is the tasks' evaluation, `study.tasks.base`).
+Each is the same for every method.
 
 Weight averaging (`WeightAverage`) keeps an exponential moving average of a network's parameters and
 floating-point buffers, updated after every optimiser step.  BatchNorm's running statistics are
@@ -21,7 +22,6 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class WeightAverage:
@@ -116,10 +116,3 @@ def decay_groups(model: nn.Module, weight_decay: float, exempt: set[str]) -> lis
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
 
-
-def flip_tta_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(single-view output, probabilities averaged over the image and its horizontal mirror)."""
-    out = model(x)
-    mirrored = model(x.flip(3))
-    probs = 0.5 * (F.softmax(out.float(), 1) + F.softmax(mirrored.float(), 1))
-    return out, probs

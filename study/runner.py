@@ -33,9 +33,8 @@ from pathlib import Path
 
 import torch
 
-from study import accounting, checkpoint, env, metadata, mlflow_ui, preempt
+from study import accounting, checkpoint, env, metadata, mlflow_ui, preempt, schema
 from study.config import RunConfig
-from study.csg import generators
 from study.grid import Grid
 from study.methods import get_method
 from study.models import get_arch
@@ -116,12 +115,12 @@ def interrupted_reason(ckpt_dir: Path) -> str | None:
 def _run_one(job: Job, tracker: Tracker) -> Outcome:
     cfg = job.cfg
     exp = tracker.experiment(job.grid)
-    mlflow_ui.describe_experiment(tracker.client, exp)  # training view, run-table columns
+    schema.describe_experiment(tracker.client, exp)  # training view, run-table columns
     h = cfg.hash()
     existing = tracker.find(exp, h)
     if existing is not None and existing.info.status == DONE:
         return Outcome(cfg.name, "skipped", "already FINISHED",
-                       existing.data.metrics.get("test_acc_at_best_val"), int(cfg.epochs))
+                       existing.data.metrics.get(schema.HEADLINE), int(cfg.epochs))
     if existing is not None and existing.info.status == FAILED and not job.retry_failed:
         return Outcome(cfg.name, "skipped", f"FAILED before ({existing.data.tags.get('failure_reason', '?')}); "
                        "use --retry-failed")
@@ -142,12 +141,11 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         params = {**cfg.flat_params(), **job.resolved_args, "budget_count": method.count, "knob": method.knob or ""}
         tracker.log(run_id, params=params)
         mlflow_ui.describe_run(tracker.client, run_id, cfg, job.data_root)  # datasets (md5, sizes), colour
-        described = False
+        labelled = False
     else:
         run_id = existing.info.run_id
         tracker.set_status(run_id, "RUNNING")
-        params = dict(existing.data.params)
-        described = not metadata.missing(existing.data.metrics, existing.data.tags)  # logged by older code?
+        labelled = not metadata.lacks_metadata(existing.data.metrics, existing.data.tags)  # older code's run?
     logged = tracker.logged_steps(run_id)
 
     def on_epoch(metrics: dict) -> None:
@@ -158,16 +156,8 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
 
     ckpt_dir = Path(job.checkpoint_dir) / h
     try:
-        if not described:  # the breakdown and the labels, before training: an interrupted run has them too
-            labels, counts = metadata.at_start(params)
-            tracker.log(run_id, tags=labels)
-            try:
-                breakdown = counts()
-            except Exception as e:  # noqa: BLE001  (bookkeeping: never fail a run over it; the report names it)
-                log.warning("run %s: no parameter breakdown: %s", cfg.name, e)
-                breakdown = {}
-            if breakdown:
-                tracker.log(run_id, breakdown, step=0)
+        if not labelled:  # the labels and the breakdown, before training: an interrupted run has them too
+            _log_labels_and_breakdown(tracker, run_id, cfg, job.resolved_args)
         args = job.resolved_args
         if source is not None:
             tracker.log(run_id, tags={"generator_from_run_id": source.info.run_id})  # a retried source: its new id
@@ -183,7 +173,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         size = size if cfg.image_size is None else (cfg.image_size, cfg.image_size)  # FLOPs as trained
         counts = accounting.account(result.model, (channels, *size))
         final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()},
-                 **generator_share(result.model, counts["total"])}
+                 **get_method(cfg.method).final_metrics(result.model, counts["total"])}
         tags = {"precision": result.precision, **({"resumed_from": result.resumed_from} if result.resumed_from else {})}
         tracker.log(run_id, final, step=cfg.epochs, tags=tags, params={"precision_used": result.precision})
         with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +185,7 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         tracker.set_status(run_id, DONE)
         for old in checkpoint.candidates(ckpt_dir):  # everything now lives in MLflow
             old.unlink(missing_ok=True)
-        return Outcome(cfg.name, DONE, "", final.get("test_acc_at_best_val"), len(result.history))
+        return Outcome(cfg.name, DONE, "", final.get(schema.HEADLINE), len(result.history))
     except (KeyboardInterrupt, preempt.Preempted):
         raise  # the caller marks every interrupted run KILLED (`mark_killed`); a preempted job requeues
     except TrackingUnavailable:
@@ -212,6 +202,19 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         tracker.log(run_id, tags={"failure_reason": reason})
         tracker.set_status(run_id, FAILED)
         return Outcome(cfg.name, FAILED, reason)
+
+
+def _log_labels_and_breakdown(tracker: Tracker, run_id: str, cfg: RunConfig, resolved_args: dict) -> None:
+    """Bookkeeping: never fail a run over it (the report names a run without them); only the store
+    going away stops the run, as any other store call does."""
+    try:
+        tags, breakdown = metadata.labels_and_breakdown(cfg, resolved_args)
+        tracker.log(run_id, tags=tags)  # first: a network that cannot be built still gets its labels
+        tracker.log(run_id, breakdown(), step=0)
+    except TrackingUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001
+        log.warning("run %s: labels or parameter breakdown not logged: %s", cfg.name, e)
 
 
 PREEMPT_STORE_SECONDS = 20.0  # of the grace time before the kill, what the store may take
@@ -256,16 +259,11 @@ def reused_generator(tracker: Tracker, source) -> torch.Tensor:
             raise RuntimeError(f"source run {source.info.run_name} ({source.info.run_id}) has no logged model "
                                f"to take the generator from: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         state = torch.load(local, map_location="cpu", weights_only=True)
-    if "csg.weight" not in state:
-        raise RuntimeError(f"source run {source.info.run_name} logged a model without a generator (csg.weight)")
-    return state["csg.weight"]
-
-
-def generator_share(model: torch.nn.Module, total: int) -> dict:
-    """`params_generator` (the shared generator's weights) and `generator_share` (their fraction of
-    the network's total, in [0, 1]): what a frozen (random-binary or reused) generator fixes of it."""
-    n = sum(g.weight.numel() for g in generators(model))
-    return {"params_generator": n, "generator_share": n / total} if n and total else {}
+    csg = get_method("csg")
+    weight = csg.generator_in(state)
+    if weight is None:
+        raise RuntimeError(f"source run {source.info.run_name} logged a model without a generator ({csg.GENERATOR_KEY})")
+    return weight
 
 
 # -- the grid -----------------------------------------------------------------------------------
@@ -274,7 +272,7 @@ def jobs_for(grid: Grid, tracking_uri: str, data_root: str, output_root: Path, n
              checkpoint_minutes: float | None = None) -> list[Job]:
     """`checkpoint_minutes` (None: the grid file's `checkpoint_minutes`, if any) sets mid-epoch checkpoints."""
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
-    ckpt = str(output_root / grid.output / "checkpoints") if grid.output else str(output_root / "checkpoints")
+    ckpt = str(grid.checkpoint_root(output_root))
     commit = git_commit()
     minutes = checkpoint_minutes if checkpoint_minutes is not None else grid.checkpoint_minutes
     return [Job(c, grid.resolved_args[c.hash()], grid.name, tracking_uri, data_root, ckpt, threads, retry_failed,
@@ -404,11 +402,11 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
         if h and (h not in by_hash or run.info.status == DONE):
             by_hash[h] = run
     rows = []
-    ckpt_root = output_root / grid.output / "checkpoints" if grid.output else output_root / "checkpoints"
+    ckpt_root = grid.checkpoint_root(output_root)
     for cfg in grid.runs:
         h, run = cfg.hash(), by_hash.get(cfg.hash())
         latest = checkpoint.candidates(ckpt_root / h)
-        epoch = int(latest[0].name[5:9]) if latest else 0
+        epoch = checkpoint.position(latest[0])[0] if latest else 0
         if run is None:
             state = PENDING if not epoch else f"{PARTIAL} (epoch {epoch} of {cfg.epochs})"
             if state == PENDING and source_hash(cfg):  # a reuse run: say what it waits for

@@ -1,16 +1,22 @@
-"""What a run logs and how it is labelled: the one home of the names the runner writes to MLflow and
-the analysis reads back, and of the labels both show.
+"""The store contract: everything the training side and the analysis must agree on about the MLflow
+store, and nothing else.  That is the names the runner logs and the analysis reads back, the labels
+both show and how a logged param reads back, the store's default location and layout
+(`default_tracking_uri`, `artifact_location`) and the tags that open a study in MLflow's UI
+(`experiment_tags`, `describe_experiment`, `ui_path`).
 
 Standard library only (no torch, no mlflow), so that `analysis/` can import it without the training
-code: this is the only module of `study` the analysis imports.  Every name below is in the store of
-every run the runner starts (`study/runner.py`, at run start, before training) and is added to older
-runs by `python -m study backfill-metadata` (`study/backfill.py`).
+code: this is the only module of `study` the analysis imports.  The per-epoch metrics, the
+breakdown (step 0) and the label tags are logged by the runner (`study/runner.py`) for every run it
+starts, the final metrics and the precision tag when a run finishes, `failure_reason` when one
+fails; the breakdown and the labels are added to older runs by `python -m study backfill-metadata`
+(`study/metadata.py`).
 """
 from __future__ import annotations
 
 import ast
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -51,8 +57,9 @@ METHOD_LABEL_TAG = "method_label"  # the method as shown ("plain" for method "no
 VARIANT_TAG = "variant"            # the method's arguments as shown (`variant_label`)
 VARIANT_NAME_TAG = "variant_name"  # a baseline's procedure in its own words (`Method.variant`), or ""
 LABEL_TAGS = [CONFIG_KEYS_TAG, METHOD_LABEL_TAG, VARIANT_TAG, VARIANT_NAME_TAG]
+# every run's other tags (the analysis reads these; `failure_reason` only where a run failed or stopped)
 TAGS = ["config_hash", "git_commit", "device", "torch_version", "precision", "grid", "arch", "method",
-        "failure_reason", *LABEL_TAGS]
+        "failure_reason"]
 
 # -- display order and labels -----------------------------------------------------------------------
 ARCH_ORDER = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "densenet_bc_k36", "densenet_bc_k48",
@@ -64,7 +71,7 @@ METHOD_LABEL = {PLAIN: "plain", "csg": "CSG", "prune": "pruning", "filterprune":
                 "lowrank": "low-rank", "hashed": "HashedNets", "width": "width scaling", "softshare": "soft sharing",
                 "hypernet": "HyperNetwork"}
 
-# CSG's arguments when a grid gives none (`study.methods.CSG.defaults`); a CSG label leaves out the
+# CSG's arguments when a grid gives none (`study.methods.csg.CSG.defaults`); a CSG label leaves out the
 # generator, layout and policy while they are at these values
 CSG_DEFAULTS = {"slice": 16, "code_dim": 72, "layout": "contiguous", "generator": "learned", "policy": "authors"}
 CSG_LABEL_DEFAULTS = {k: CSG_DEFAULTS[k] for k in ("generator", "layout", "policy")}
@@ -185,7 +192,7 @@ def args_from_variant(method, label) -> dict[str, str]:
     return args
 
 
-# -- the MLflow UI: experiment tags and the run-table view (see study/mlflow_ui.py) ------------------
+# -- the MLflow UI: experiment tags and the run-table view (runs' datasets and models: study/mlflow_ui.py)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 VIEW_KEY = "study"
@@ -226,7 +233,12 @@ def describe_experiment(client, experiment_id: str, description: str | None = No
         logging.getLogger(__name__).warning("could not tag experiment %s for the UI: %s", experiment_id, e)
 
 
-# -- the embedded store's layout --------------------------------------------------------------------
+# -- the store's location and the embedded store's layout ----------------------------------------
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else the SQLite store `mlflow.db` in the project (the repository root)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(__file__).resolve().parents[1] / 'mlflow.db'}"
+
+
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Where an experiment of an embedded store keeps its artifacts: `mlartifacts/<name>` beside the
     SQLite file (not the working directory); None (MLflow's default) for any other store."""

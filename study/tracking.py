@@ -43,7 +43,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study import schema
-from study.env import PROJECT, default_tracking_uri
+from study.args import non_negative_seconds
+from study.env import PROJECT
+from study.schema import default_tracking_uri
 
 BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
 RETRY_ENV = "STUDY_TRACKING_RETRY_SECONDS"
@@ -56,23 +58,9 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store did not answer for longer than the retry bound."""
 
 
-default_uri = default_tracking_uri  # the one definition lives in study.env
-
-
-def parse_retry_seconds(text: str) -> float:
-    """A retry bound in seconds: a number >= 0 (0: one attempt, no retry)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"expected a finite number of seconds >= 0, got {text!r}")
-    return value
-
-
 def default_retry_seconds() -> float:
     text = os.environ.get(RETRY_ENV, "").strip()
-    return parse_retry_seconds(text) if text else DEFAULT_RETRY_SECONDS
+    return non_negative_seconds(text) if text else DEFAULT_RETRY_SECONDS  # 0: one attempt, no retry
 
 
 def is_http(uri: str) -> bool:
@@ -211,7 +199,7 @@ class _RetryingClient:
 
 class Tracker:
     def __init__(self, uri: str | None = None, retry_seconds: float | None = None):
-        self.uri = uri or default_uri()
+        self.uri = uri or default_tracking_uri()
         self.retry_seconds = float(retry_seconds) if retry_seconds is not None else default_retry_seconds()
         if is_http(self.uri):
             for key, value in HTTP_CLIENT_DEFAULTS.items():

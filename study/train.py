@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from study import checkpoint, env, preempt
-from study.env import resolve_precision
 from study.config import RunConfig
 from study.recipe import WeightAverage, decay_groups, norm_and_bias_names
 from study.methods import get_method, resolve
@@ -151,7 +150,7 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
         torch.manual_seed(cfg.seed)
     model = method.build(arch, resolved_args, seed=cfg.seed)
     loaders = task.loaders(cfg, data_root, device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = env.resolve_precision(cfg.precision, device)
     autocast = autocast_for(precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     steps_per_epoch = len(loaders.train)

@@ -47,7 +47,7 @@ def test_checkpoint_reproduces_stored_accuracy(cifar_test, filename, arch, csg, 
         assert (meta["slice"], meta["code_dim"]) == (csg["slice"], csg["code_dim"])
     x, y = cifar_test
     assert len(y) == 10_000
-    accuracy = evaluate(model, x, y)
+    accuracy = evaluate(model, x, y)["acc"]
     assert abs(accuracy - meta["stored_accuracy"]) <= 0.05, (accuracy, meta["stored_accuracy"])
 
 
@@ -83,5 +83,5 @@ def test_fp16_checkpoint_loads(cifar_test, tmp_path, filename, arch):
             assert torch.equal(model16(xb).argmax(1), model32(xb).argmax(1))
     else:  # evaluate: fp16 storage moves at most a handful of the first 2,000 predictions
         assert torch.equal(layer.code, half["net"]["module.code2"].float())
-        acc16, acc32 = evaluate(model16, x[:2000], y[:2000]), evaluate(model32, x[:2000], y[:2000])
+        acc16, acc32 = evaluate(model16, x[:2000], y[:2000])["acc"], evaluate(model32, x[:2000], y[:2000])["acc"]
         assert abs(acc16 - acc32) <= 0.25, (acc16, acc32)

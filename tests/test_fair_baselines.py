@@ -155,7 +155,7 @@ def test_sparse_storage_of_pruned_and_unpruned_networks():
     before = accounting.account(dense)
     raw = sum(v.numel() * v.element_size() for v in dense.state_dict().values())
     assert before["bytes_sparse"] == raw and before["bytes_sparse_index"] == 0
-    pruned = prune.final_model(dense, args)
+    pruned = prune.final_model(dense, args, epochs=10)
     after = accounting.account(pruned)
     assert {k: after[k] for k in accounting.COUNTS} == accounting.count_parameters(pruned)
     assert after["bytes_on_disk"] == accounting.bytes_on_disk(pruned)
@@ -169,7 +169,7 @@ def test_sparse_storage_of_pruned_and_unpruned_networks():
     assert after["bytes_sparse"] == raw - sum(4 * n for n, _ in layers) + sum(4 * left for _, left in layers) + sum(where)
     assert after["bytes_sparse"] < 0.3 * raw
     fp = method("filterprune")   # structured: a smaller dense network, nothing to index
-    small = fp.final_model(fp.build(ARCH, fp.args({"ratio": 0.5})), fp.args({"ratio": 0.5}))
+    small = fp.final_model(fp.build(ARCH, fp.args({"ratio": 0.5})), fp.args({"ratio": 0.5}), epochs=10)
     assert accounting.account(small)["bytes_sparse_index"] == 0
 
 

@@ -126,8 +126,8 @@ def test_one_generation_per_forward_pass_and_gradients_everywhere():
     model = model.to(memory_format=torch.channels_last)
     gen = model.hypernet
     calls = []
-    real = gen.blocks
-    gen.blocks = lambda z: (calls.append(z.shape[0]), real(z))[1]
+    real = gen.product
+    gen.product = lambda z: (calls.append(z.shape[0]), real(z))[1]
     model.train()
     x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     for _ in range(2):

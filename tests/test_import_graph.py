@@ -3,7 +3,12 @@
 Read with `ast`, so imports inside functions count as much as those at the top of a file:
 - no cycle among the modules of the three packages;
 - `study` never imports `baselines` (the baselines register through the `study.methods` entry point);
-- `analysis` reads the store and imports nothing of `study` but the tracking schema (`study.schema`).
+- `analysis` imports nothing of `study` but the store contract (`study.schema`);
+- `study`'s layers point one way, `cli -> runner/grid -> train -> methods -> models / nn layers`: no
+  module imports a module of a layer above its own (`LAYERS`; a module in no layer, such as `env`,
+  `schema`, `accounting` or `bench`, is not constrained);
+- `tasks -> data`: a task imports nothing of the layers above the models, the data nothing of the
+  tasks either.
 """
 from __future__ import annotations
 
@@ -13,6 +18,13 @@ from conftest import REPO
 
 PACKAGES = ("study", "baselines", "analysis")
 ANALYSIS_MAY_IMPORT = {"study.schema"}
+# study's layers, top first; a name stands for the module and every module under it
+LAYERS = [("cli", ("study.cli", "study.__main__")),
+          ("runner/grid", ("study.runner", "study.grid")),
+          ("train", ("study.train", "study.recipe")),
+          ("methods", ("study.methods",)),
+          ("models / nn layers", ("study.models", "study.csg", "study.surgery"))]
+ABOVE_MODELS = len(LAYERS) - 1  # the layers a task or the data may not import: all but the models'
 
 
 def _module_name(path) -> str:
@@ -98,4 +110,31 @@ def test_study_never_imports_baselines():
 def test_analysis_imports_nothing_of_study_but_the_tracking_schema():
     wrong = sorted(f"{m} -> {t}" for m, ts in graph().items() if m.split(".")[0] == "analysis"
                    for t in ts if t.split(".")[0] == "study" and t not in ANALYSIS_MAY_IMPORT)
+    assert not wrong, wrong
+
+
+def _layer(module: str) -> int | None:
+    """The index in `LAYERS` of the layer `module` belongs to, or None."""
+    for i, (_, names) in enumerate(LAYERS):
+        if any(module == n or module.startswith(n + ".") for n in names):
+            return i
+    return None
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_layers_of_study_point_one_way():
+    wrong = sorted(f"{m} ({LAYERS[_layer(m)][0]}) -> {t} ({LAYERS[_layer(t)][0]})" for m, ts in graph().items()
+                   if _layer(m) is not None for t in ts if _layer(t) is not None and _layer(t) < _layer(m))
+    assert not wrong, wrong
+
+
+def test_tasks_import_only_data_below_them_and_the_data_no_task():
+    edges = graph()
+    assert "study.data.cifar" in edges["study.tasks.cifar10"]  # the rule below is about real edges
+    wrong = sorted(f"{m} -> {t}" for m, ts in edges.items() if _under(m, "study.tasks") or _under(m, "study.data")
+                   for t in ts if (_layer(t) is not None and _layer(t) < ABOVE_MODELS)
+                   or (_under(m, "study.data") and _under(t, "study.tasks")))
     assert not wrong, wrong

@@ -73,7 +73,7 @@ def test_the_runner_logs_the_breakdown_at_start_and_it_equals_the_accounting(tin
         # the network the run ends with, counted by role by the accounting module
         torch.manual_seed(0)
         model, margs = build("resnet20", block["method"], block.get("method_args", {}))
-        model = get_method(block["method"]).on_epoch_start(model, margs, SMALL["epochs"] - 1, SMALL["epochs"])
+        model = get_method(block["method"]).final_model(model, margs, SMALL["epochs"])
         counts = accounting.breakdown(model)
         assert {c: m[schema.BREAKDOWN[c]] for c in schema.CATEGORIES} == counts
         assert m[schema.BREAKDOWN_TOTAL] == sum(counts.values()) == m["params_total"]  # what training ended with
@@ -221,11 +221,11 @@ def test_the_labels_read_back(tmp_path):
 def test_backfill_counts_list_arguments_and_the_structure_a_run_ends_with():
     """softshare logs its per-stage templates as '[2, 4, 3]'; filter pruning reshapes the network part-way.
     Both come back with the parameter count the run logged (the quick study's figures)."""
-    from study.metadata import for_params
+    from study.metadata import from_logged_params
 
     base = {"arch": "resnet20", "seed": "0", "epochs": "10", "target_params": "None", "budget_count": "total"}
     for method, args, total in [("softshare", {"layers": "authors", "templates": "[2, 4, 3]"}, 177_609),
                                 ("filterprune", {"layers": "authors", "prune_at": "0.5", "ratio": "0.35"}, 176_318)]:
-        metrics, tags = for_params({**base, "method": method, **args}, logged_total=float(total))
+        metrics, tags = from_logged_params({**base, "method": method, **args}, logged_total=float(total))
         assert metrics[schema.BREAKDOWN_TOTAL] == total
         assert tags[schema.METHOD_LABEL_TAG] == schema.method_label(method)

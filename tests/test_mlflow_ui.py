@@ -91,7 +91,7 @@ def test_the_harness_marks_the_experiment_and_logs_datasets_and_models(harness_s
     import torch
     from mlflow.tracking import MlflowClient
 
-    from study.mlflow_ui import EXPERIMENT_KIND_TAG, MODEL_TRAINING, VIEW_TAG
+    from study.schema import EXPERIMENT_KIND_TAG, MODEL_TRAINING, VIEW_TAG
 
     uri, exp_id, ids = harness_store
     client = MlflowClient(uri)
@@ -137,7 +137,7 @@ def test_mlflow_ui_shows_the_study_in_a_browser(tmp_path, harness_store):
     except ImportError:
         need(False, "the playwright package is not installed")
 
-    from study.mlflow_ui import ui_path
+    from study.schema import ui_path
 
     uri, exp_id, run_ids = harness_store
     port = free_port()

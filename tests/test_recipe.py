@@ -32,9 +32,10 @@ from study.config import ADDED_LATER, RunConfig
 from study.data import cifar as data
 from study.methods import METHODS, build, get_method
 from study.models import get_arch
-from study.recipe import flip_tta_logits
+from study.tasks.base import flip_tta_logits
 from study.tasks import get_task
-from study.train import autocast_for, make_optimizer, resolve_precision, train, train_step
+from study.env import resolve_precision
+from study.train import autocast_for, make_optimizer, train, train_step
 
 CPU = torch.device("cpu")
 RECIPE_FIELDS = {"ema_decay": None, "no_decay_norm_bias": False, "flip": "random"}  # and their defaults

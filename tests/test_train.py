@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from study.config import RunConfig
-from study.train import lr_factor, make_optimizer, resolve_precision, summarize, train
+from study.env import resolve_precision
+from study.train import lr_factor, make_optimizer, summarize, train
 
 SMALL = dict(arch="resnet20", epochs=3, batch_size=128, lr=0.1, schedule="onecycle", warmup_epochs=0.5,
              nesterov=True, train_subset=1024, val_size=500, test_subset=256, precision="fp32")

@@ -10,7 +10,7 @@ import torch.nn as nn
 from study.accounting import count_parameters
 from study.csg import generated_convs, materialize
 from study.methods import build
-from study.methods.csg import recipe
+from study.methods.csg import csg_plan
 from study.models import ARCHS, get_arch
 
 
@@ -88,7 +88,7 @@ def test_authors_policy_selects_exactly_the_intended_layers(arch):
     for name, layer in generated_convs(_csg(arch)):
         conv = plain[name]
         assert isinstance(conv, nn.Conv2d) and conv.groups == 1
-        assert conv.kernel_size == (recipe(spec).kernel_size,) * 2
+        assert conv.kernel_size == (csg_plan(spec).kernel_size,) * 2
         assert (layer.in_channels, layer.out_channels) == (conv.in_channels, conv.out_channels)
         assert layer.stride == conv.stride and layer.padding == conv.padding and layer.dilation == conv.dilation
     assert spec.first_conv not in names
@@ -104,7 +104,7 @@ def test_deeplab_keeps_dilation():
 @pytest.mark.parametrize("arch", NEW_ARCHS)
 def test_all_policy_converts_every_ungrouped_conv_but_the_stem(arch):
     spec = get_arch(arch)
-    k = recipe(spec).kernel_size
+    k = csg_plan(spec).kernel_size
     expected = [name for name, m in _plain(arch).named_modules()
                 if isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (k, k) and name != spec.first_conv]
     converted = [name for name, _ in generated_convs(_csg(arch, "all"))]

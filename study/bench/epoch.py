@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import time
 
-from study.bench.throughput import recipe_config
+from study.bench.throughput import fast_recipe_config, trainer_step
 
 EPOCH_IMAGES = 45_000  # the training split: 50,000 minus the 5,000 held out for validation
 
@@ -63,7 +63,7 @@ def epoch_comparison(a, precision: str, data) -> dict:
 
     n = min(a.reference_epoch_images, len(data.train_y))
     x_all, y_all = data.train_x[:n], data.train_y[:n]
-    cfg = dataclasses.replace(recipe_config(a.batch_size), arch=a.epoch_arch)
+    cfg = dataclasses.replace(fast_recipe_config(a.batch_size), arch=a.epoch_arch)
     steps_per_epoch = -(-n // a.batch_size)
 
     def model_and_opt(channels_last: bool):
@@ -76,33 +76,27 @@ def epoch_comparison(a, precision: str, data) -> dict:
         return model, opt, sched
 
     def warm(model, opt, channels_last, autocast):  # untimed, the trainer's step: create oneDNN primitives first
-        from study.tasks import get_task
-        from study.train import train_step
-
         x = torch.randn(a.batch_size, 3, 32, 32)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.zeros(a.batch_size, dtype=torch.long)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # leaves the timed loop's schedule alone
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        step = trainer_step(model, cfg, autocast, optimizer=(opt, sched))
         for _ in range(max(1, a.warmup)):
-            train_step(model, x, y, opt, sched, scaler, get_task("cifar10"), cfg, autocast)
+            step(x, y)
 
     def harness(prec: str, channels_last: bool) -> dict:
         """study.train's inner loop: its own `train_step` over a `CifarLoader`."""
-        from study.tasks import get_task
-        from study.train import train_step
-
         autocast = autocast_for(prec, torch.device("cpu"))
         model, opt, sched = model_and_opt(channels_last)
         warm(model, opt, channels_last, autocast)
         loader = CifarLoader(x_all, y_all, a.batch_size, train=True, seed=0, channels_last=channels_last)
-        scaler, task = torch.amp.GradScaler("cpu", enabled=False), get_task("cifar10")
+        train_step = trainer_step(model, cfg, autocast, optimizer=(opt, sched))
         loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
 
         def step(x, y):
             nonlocal loss_sum, correct
-            loss, out = train_step(model, x, y, opt, sched, scaler, task, cfg, autocast)
+            loss, out = train_step(x, y)
             loss_sum += loss.float() * len(y)
             correct += (out.argmax(1) == y).sum()
         result = _timed_epoch(loader, step, n)

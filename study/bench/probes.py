@@ -37,29 +37,28 @@ def memory_probe(spec: dict) -> dict:
     batch; report the process's peak resident memory."""
     import torch
 
-    from study.bench.throughput import recipe_config
+    from study.bench.throughput import fast_recipe_config, trainer_step
     from study.methods import build
     from study.tasks import get_task
-    from study.train import autocast_for, make_optimizer, train_step
+    from study.train import autocast_for
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     _wait_for_go()
     before = peak_rss_mb()
-    cfg = dataclasses.replace(recipe_config(spec["batch_size"]), arch=spec["arch"], method=spec["method"],
+    cfg = dataclasses.replace(fast_recipe_config(spec["batch_size"]), arch=spec["arch"], method=spec["method"],
                               method_args=spec["args"])
     loaders = get_task("cifar10").loaders(cfg, spec["data_root"], torch.device("cpu"))
     data_rss = peak_rss_mb()
     torch.manual_seed(0)
     model, _ = build(cfg.arch, cfg.method, cfg.method_args)
     model = model.to(memory_format=torch.channels_last).train()
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch=len(loaders.train), steps_done=0)
-    scaler, task = torch.amp.GradScaler("cpu", enabled=False), get_task("cifar10")
     autocast = autocast_for(spec["precision"], torch.device("cpu"))
+    step = trainer_step(model, cfg, autocast, steps_per_epoch=len(loaders.train))
     for i, (x, y) in enumerate(loaders.train):  # the trainer's own step
         if i == spec["steps"]:
             break
-        train_step(model, x, y, opt, sched, scaler, task, cfg, autocast)
+        step(x, y)
     model.eval()
     with torch.no_grad(), autocast():
         x, _ = next(iter(loaders.val))

@@ -2,7 +2,7 @@
 evaluation pass under `torch.profiler`, each operator's own CPU time put in one category."""
 from __future__ import annotations
 
-from study.bench.throughput import recipe_config
+from study.bench.throughput import fast_recipe_config, trainer_step
 
 
 SCOPES = ("data", "evaluation", "optimizer", "csg_product")  # record_function scopes: all time inside counts
@@ -38,18 +38,18 @@ def profile_breakdown(a, precision: str, data) -> dict:
     from study.data.cifar import CifarLoader
     from study.methods import build
     from study.tasks import get_task
-    from study.train import autocast_for, make_optimizer, train_step
+    from study.train import autocast_for
 
     autocast = autocast_for(precision, torch.device("cpu"))
-    cfg, task = recipe_config(a.batch_size), get_task("cifar10")
+    cfg, task = fast_recipe_config(a.batch_size), get_task("cifar10")
     n = min(len(data.train_y), a.batch_size * a.profile_steps)
     out = {}
     for label, method, args in (("plain", "none", {}), ("csg 16/72", "csg", {"slice": 16, "code_dim": 72})):
         torch.manual_seed(0)
         model, _ = build("resnet20", method, args)
         model = model.to(memory_format=torch.channels_last)
-        opt, sched = make_optimizer(model, cfg, 10 ** 6, 0)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        step = trainer_step(model, cfg, autocast)
+        opt = step.optimizer
         train_loader = CifarLoader(data.train_x[:n], data.train_y[:n], a.batch_size, train=True, channels_last=True)
         test_loader = CifarLoader(data.test_x[:2000], data.test_y[:2000], 500, train=False, channels_last=True)
         opt_step = opt.step
@@ -59,7 +59,7 @@ def profile_breakdown(a, precision: str, data) -> dict:
                 return opt_step(*args, **kwargs)
         opt.step = timed_step
         for x, y in train_loader:  # untimed warm-up pass: oneDNN primitives, allocator
-            train_step(model, x, y, opt, sched, scaler, task, cfg, autocast)
+            step(x, y)
             break
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             model.train()
@@ -69,7 +69,7 @@ def profile_breakdown(a, precision: str, data) -> dict:
                     batch = next(batches, None)
                 if batch is None:
                     break
-                train_step(model, *batch, opt, sched, scaler, task, cfg, autocast)
+                step(*batch)
             with record_function("evaluation"):
                 task.evaluate(model, test_loader, autocast)
         totals: dict[str, float] = {}

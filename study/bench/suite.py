@@ -1,6 +1,6 @@
 """The bench command: its arguments, the hardware it reports, and the run of every measurement.
 
-Four measurements, all in one process except the memory and worker probes:
+Five measurements, all in one process except the memory and worker probes:
 
 1. **Throughput** (images/s), training steps and evaluation batches, for each architecture's plain
    network and its CSG versions, on the harness's path (bf16 autocast where the CPU has AMX or
@@ -27,15 +27,15 @@ Four measurements, all in one process except the memory and worker probes:
    training only on a signal, so import time is not counted and the two parallel runs start together.
    `jobs2_over_sequential` = parallel wall time / the sum of the sequential times.
 
-`--modes eager,compile` measures throughput both ways in one run (`torch.compile` of the forward,
-plain and CSG alike; CSG layers trace their generator product into the graph when compiled).
-Every timed training step is `study.train.train_step`, the trainer's own, with the fast recipe's
-optimiser and loss.
-
 5. **Where a step's time goes** (`--profile-steps`): real ResNet-20 training steps over a
    `CifarLoader` and one evaluation pass under `torch.profiler`, each operator's own CPU time put
    in one category (convolution forward and backward, BatchNorm, ReLU, residual and other adds,
    the optimiser, the CSG product, data, evaluation), for plain and CSG 16/72.
+
+`--modes eager,compile` measures throughput both ways in one run (`torch.compile` of the forward,
+plain and CSG alike; CSG layers trace their generator product into the graph when compiled).
+Every timed training step is `study.train.train_step`, the trainer's own, with the fast recipe's
+optimiser and loss.
 
 Speed targets are reported, never asserted.
 """
@@ -46,7 +46,6 @@ import platform
 import time
 
 from study import env
-from study.bench.labels import label
 from study.args import UsageError, non_negative_int, positive_int
 from study.args import data_root as parse_data_root
 
@@ -140,7 +139,7 @@ def _check_arch(name: str, option: str) -> str:
 
 
 # -- hardware ---------------------------------------------------------------------------------------
-def hardware(precision: str, channels_last: bool = True) -> dict:
+def hardware(precision: str) -> dict:
     import psutil
     import torch
 
@@ -152,9 +151,18 @@ def hardware(precision: str, channels_last: bool = True) -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "torch_version": torch.__version__, "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-        "precision": precision, "channels_last": channels_last, "python": platform.python_version(),
+        "precision": precision, "channels_last": True, "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def step_description(cfg) -> str:
+    """What the timed step trains with, said from the config it uses (configs/fast91.yaml's), so the
+    text cannot drift from the recipe."""
+    decay = "off BatchNorm and biases" if cfg.no_decay_norm_bias else "on every parameter"
+    return (f"study.train.train_step with configs/fast91.yaml's optimiser and loss: "
+            f"{'Nesterov ' if cfg.nesterov else ''}SGD (momentum {cfg.momentum:g}), weight decay "
+            f"{cfg.weight_decay:g} {decay}, label smoothing {cfg.label_smoothing:g}")
 
 
 def _load() -> list[float]:
@@ -185,7 +193,7 @@ def run(a) -> dict:
     from study.bench.epoch import epoch_comparison
     from study.bench.probes import in_subprocesses, peak_rss_mb, workers_comparison
     from study.bench.profile import profile_breakdown
-    from study.bench.throughput import throughput
+    from study.bench.throughput import csg_row_label, fast_recipe_config, throughput
     from study.env import resolve_precision
 
     if a.threads:
@@ -234,12 +242,13 @@ def run(a) -> dict:
             value, worst = smallest(f"{kind}_over_plain", mode)
             ratios[f"csg_over_plain_{kind}{suffix}"], ratios[f"csg_over_plain_{kind}{suffix}_worst"] = value, worst
     bf16 = precision == "bf16"
+    machine = hardware(precision)
     return {
         **ratios,
         "harness_speedup_over_reference": round(epoch["reference"]["epoch_seconds"]
                                                 / epoch["harness"]["epoch_seconds"], 3),
         **({"jobs2_over_sequential": workers.get("jobs2_over_sequential")} if workers else {}),
-        "precision": precision, "cpu_model": hardware(precision)["cpu_model"],
+        "precision": precision, "cpu_model": machine["cpu_model"],
         "images_per_s": {f"{archs[0]} {m} {mode}": images_per_s(m, mode) for m in ("plain", "csg") for mode in modes},
         "targets": {"csg_over_plain_train": 0.97, "csg_over_plain_eval": 0.98,
                     "harness_speedup_over_reference": 4.0 if bf16 else 2.0,
@@ -249,12 +258,11 @@ def run(a) -> dict:
         "epoch": epoch,
         "memory": memory,
         **({"workers": workers} if workers else {}),
-        "hardware": {**hardware(precision), "modes": modes},
-        "settings": {"archs": archs, "configs": {k: [label(c) for c in v] for k, v in configs.items()},
+        "hardware": {**machine, "modes": modes},
+        "settings": {"archs": archs, "configs": {k: [csg_row_label(c) for c in v] for k, v in configs.items()},
                      "batch_size": a.batch_size, "steps": a.steps, "repeats": a.repeats, "warmup": a.warmup,
                      "throughput_input": "one synthetic N(0,1) batch, channels_last",
-                     "step": "study.train.train_step with the fast recipe's optimiser and loss: Nesterov SGD, "
-                             "weight decay 5e-4 off BatchNorm and biases, label smoothing 0.1",
+                     "step": step_description(fast_recipe_config(a.batch_size)),
                      "ratio": "median over repeats of (CSG images/s / plain images/s), models interleaved; "
                               "*_best: best repeat / best repeat",
                      "eval_pass": "--steps batches under no_grad, each one forward pass (one kernel generation)",

@@ -10,7 +10,12 @@ import functools
 import statistics
 import time
 
-from study.bench.labels import label
+
+def csg_row_label(args: dict) -> str:
+    """How the bench names a CSG configuration in its rows and settings: 'csg 16/72' (and its layout
+    where it is not the contiguous one)."""
+    tag = f"csg {args['slice']}/{args['code_dim']}"
+    return tag if args.get("layout", "contiguous") == "contiguous" else f"{tag} {args['layout']}"
 
 
 @functools.cache
@@ -18,28 +23,32 @@ def _fast_recipe():
     from study import grid
     from study.env import PROJECT
 
-    return next(c for c in grid.load(PROJECT / "configs" / "fast91.yaml").runs if c.method == "none")
+    return grid.resolve_run(PROJECT / "configs" / "fast91.yaml", "none")
 
 
-def recipe_config(batch_size: int):
-    """The settings a timed step trains with: configs/fast91.yaml's plain run (its optimiser, schedule and
-    loss), read from the file so that the bench cannot drift from the recipe."""
+def fast_recipe_config(batch_size: int):
+    """The settings a timed step trains with (the fast recipe): configs/fast91.yaml's plain run (its
+    optimiser, schedule and loss), read from the file as the grid reads it (but with no model built),
+    so that the bench cannot drift from the recipe."""
     return dataclasses.replace(_fast_recipe(), batch_size=batch_size)
 
 
-def _make_step(model, forward, x, y, autocast, cfg):
-    """One call = one `study.train.train_step` (the trainer's own step) on the fixed batch."""
+def trainer_step(model, cfg, autocast, *, forward=None, steps_per_epoch: int = 10 ** 6, optimizer=None):
+    """`step(x, y)`: one `study.train.train_step` (the trainer's own step, CIFAR-10's loss) of `model`
+    (called as `forward`, e.g. its compiled form), with `make_optimizer`'s optimiser and schedule for
+    `cfg` unless `optimizer` gives the pair.  `step.optimizer` is the optimiser."""
     import torch
 
     from study.tasks import get_task
     from study.train import make_optimizer, train_step
 
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch=10 ** 6, steps_done=0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    task = get_task("cifar10")
+    opt, sched = optimizer or make_optimizer(model, cfg, steps_per_epoch=steps_per_epoch, steps_done=0)
+    scaler, task = torch.amp.GradScaler("cpu", enabled=False), get_task("cifar10")
+    forward = model if forward is None else forward
 
-    def step():
+    def step(x, y):
         return train_step(forward, x, y, opt, sched, scaler, task, cfg, autocast)
+    step.optimizer = opt
     return step
 
 
@@ -63,7 +72,7 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch_size, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,), generator=g)
-    cfg = recipe_config(a.batch_size)
+    cfg = fast_recipe_config(a.batch_size)
     compiled = mode == "compile"
     entries = []
     for method, args in [("none", {})] + [("csg", c) for c in configs]:
@@ -71,9 +80,10 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str
         model, _ = build(arch_name, method, args)
         model = model.to(memory_format=torch.channels_last)
         forward = torch.compile(model) if compiled else model
-        entries.append({"model": model, "step": _make_step(model, forward, x, y, autocast, cfg),
+        step = trainer_step(model, cfg, autocast, forward=forward)
+        entries.append({"model": model, "step": functools.partial(step, x, y),
                         "eval": _make_eval(forward, x, autocast), "train": [], "infer": [],
-                        "label": "plain" if method == "none" else label(args), "args": args,
+                        "label": "plain" if method == "none" else csg_row_label(args), "args": args,
                         "params": accounting.count_parameters(model)})
     for e in entries:  # warm-up: oneDNN primitives, allocator, autocast caches (and compilation)
         e["model"].train()

@@ -57,11 +57,16 @@ class Method:
         whatever the recipe says (soft sharing's mixing coefficients, as its reference code does)."""
         return set()
 
-    def final_model(self, model: nn.Module, args: dict) -> nn.Module:
-        """The network as training will end it (pruned, decomposed): what counts are reported on.
+    def final_model(self, model: nn.Module, args: dict, epochs: int) -> nn.Module:
+        """The network as training of `epochs` epochs will end it (pruned, decomposed): what counts are
+        reported on, by the grid, `params`, and the breakdown a run logs.  The schedule's last epoch,
+        run at once."""
+        return self.on_epoch_start(model, args, epochs - 1, epochs)
 
-        Running the schedule's last step at once: epoch 0 of a one-epoch schedule is the last one."""
-        return self.on_epoch_start(model, args, 0, 1)
+    def final_metrics(self, model: nn.Module, total: int) -> dict[str, float]:
+        """This method's own metrics of the trained `model` (whose parameter count is `total`), logged
+        beside the accounting counts when a run ends."""
+        return {}
 
     def structure(self, model: nn.Module) -> dict:
         """JSON-able description of any structural change made during training, for checkpoints."""
@@ -84,6 +89,7 @@ class Method:
 METHODS: dict[str, Method] = {}
 PLUGIN_GROUP = "study.methods"  # entry points: each loads a module that registers its methods
 _plugins_loaded = False
+_plugins_found = 0  # entry points of the group that the installed metadata lists
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -93,15 +99,30 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def load_plugins() -> None:
-    """Import every module named in the installed `study.methods` entry points (once per process)."""
-    global _plugins_loaded
+    """Import every module named in the installed `study.methods` entry points (once per process,
+    once all have loaded: a plugin that fails to import raises, naming its entry point, every time)."""
+    global _plugins_loaded, _plugins_found
     if _plugins_loaded:
         return
-    _plugins_loaded = True
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group=PLUGIN_GROUP):
-        ep.load()
+    found = list(entry_points(group=PLUGIN_GROUP))
+    for ep in found:
+        try:
+            ep.load()
+        except Exception as e:
+            raise ImportError(f"the {PLUGIN_GROUP!r} entry point {ep.name!r} ({ep.value}) does not load: "
+                              f"{type(e).__name__}: {e}") from e
+    _plugins_found, _plugins_loaded = len(found), True
+
+
+def no_plugins_hint() -> str:
+    """A sentence for the user when no `study.methods` entry point is installed (else "")."""
+    load_plugins()
+    if _plugins_found:
+        return ""
+    return (f"no {PLUGIN_GROUP!r} entry point is installed, so only the core methods exist (a checkout on "
+            "PYTHONPATH without installed metadata?): pip install -e .")
 
 
 def get_method(name: str) -> Method:
@@ -110,9 +131,9 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())} (a method of another "
-                         f"package registers through its {PLUGIN_GROUP!r} entry point: reinstall it, "
-                         "e.g. pip install -e .)") from None
+        hint = no_plugins_hint() or (f"a method of another package registers through its {PLUGIN_GROUP!r} "
+                                     "entry point: reinstall it, e.g. pip install -e .")
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())} ({hint})") from None
 
 
 def method_names() -> list[str]:
@@ -144,8 +165,8 @@ def build(arch_name: str, method_name: str = "none", args: dict | None = None, s
 
 
 def plan(arch_name: str, method_name: str, args: dict | None = None, seed: int = 0,
-         target_params: int | None = None) -> tuple[dict, dict[str, int]]:
-    """(resolved args, accounting counts of the network as training will end it): what a grid
-    needs to know of a run before any training."""
+         target_params: int | None = None, *, epochs: int) -> tuple[dict, dict[str, int]]:
+    """(resolved args, accounting counts of the network as `epochs` epochs of training will end it):
+    what a grid needs to know of a run before any training."""
     model, args = build(arch_name, method_name, args, seed=seed, target_params=target_params)
-    return args, accounting.count_parameters(get_method(method_name).final_model(model, args))
+    return args, accounting.count_parameters(get_method(method_name).final_model(model, args, epochs))

@@ -1,7 +1,7 @@
-"""The CSG method: convert an architecture's chosen convs to generated ones, and the per-architecture
-CSG recipe (which convs the authors generated, the kernel size, the init and the code mean).
+"""The CSG method: convert an architecture's chosen convs to generated ones, and CSG's per-architecture
+plan (`CSGArchPlan`: which convs the authors generated, the kernel size, the init and the code mean).
 
-The recipe lives here, beside the one method that uses it, not in the architecture's `ArchSpec`:
+The plan lives here, beside the one method that uses it, not in the architecture's `ArchSpec`:
 an architecture file knows how to build its network; which of its layers CSG generates, and how
 they are initialised, is CSG's business (and that of the baselines matched to it layer for layer).
 """
@@ -13,14 +13,14 @@ from typing import Callable
 import torch.nn as nn
 
 from study import schema
-from study.csg import CSGSpec, all_eligible, convert
+from study.csg import CSGSpec, all_eligible, convert, generators
 from study.methods.base import BudgetError, Method, register
 from study.models import ArchSpec, cifar_resnet, deeplab, densenet_bc, imagenet_resnet, mobilenetv2, shufflenetv2
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How the authors (or, where they have no model, this study) apply CSG to one architecture."""
+class CSGArchPlan:
+    """CSG's plan for one architecture: how the authors (or, where they have no model, this study) apply CSG to it."""
 
     policy: Callable[[str, nn.Conv2d], bool]  # the convs the authors generate (the stem never)
     kernel_size: int = 3                      # 1 where the authors generate 1x1 convs
@@ -30,26 +30,32 @@ class Recipe:
     authors_code_names: dict[str, str] = field(default_factory=dict)
 
 
-_CIFAR_RESNET = Recipe(cifar_resnet.authors_policy, 3, "kaiming", 0.001, {"code": "conv_a.code", "code2": "conv_b.code"})
-_DENSENET = Recipe(densenet_bc.authors_policy, 3, authors_code_names={"code2": "conv2.code"})
-_DEEPLAB = Recipe(deeplab.authors_policy, 3)
-RECIPES: dict[str, Recipe] = {
+_CIFAR_RESNET = CSGArchPlan(cifar_resnet.authors_policy, 3, "kaiming", 0.001, {"code": "conv_a.code", "code2": "conv_b.code"})
+_DENSENET = CSGArchPlan(densenet_bc.authors_policy, 3, authors_code_names={"code2": "conv2.code"})
+_DEEPLAB = CSGArchPlan(deeplab.authors_policy, 3)
+CSG_PLANS: dict[str, CSGArchPlan] = {
     **{f"resnet{d}": _CIFAR_RESNET for d in (20, 32, 44, 56, 110)},
     "densenet_bc_k36": _DENSENET, "densenet_bc_k48": _DENSENET,
-    "mobilenetv2": Recipe(mobilenetv2.authors_policy, 1, authors_code_names={"code1": "conv1.code"}),
-    "shufflenetv2_0_5": Recipe(shufflenetv2.authors_policy, 1, authors_code_names={"code2": "conv2.code"}),
-    "imagenet_resnet18": Recipe(imagenet_resnet.resnet18_policy, 3),
-    "imagenet_resnet50": Recipe(imagenet_resnet.resnet50_policy, 3, authors_code_names={"code2": "conv2.code"}),
+    "mobilenetv2": CSGArchPlan(mobilenetv2.authors_policy, 1, authors_code_names={"code1": "conv1.code"}),
+    "shufflenetv2_0_5": CSGArchPlan(shufflenetv2.authors_policy, 1, authors_code_names={"code2": "conv2.code"}),
+    "imagenet_resnet18": CSGArchPlan(imagenet_resnet.resnet18_policy, 3),
+    "imagenet_resnet50": CSGArchPlan(imagenet_resnet.resnet50_policy, 3, authors_code_names={"code2": "conv2.code"}),
     "deeplabv3_resnet50": _DEEPLAB, "deeplabv3_resnet101": _DEEPLAB,
 }
 
 
-def recipe(arch: ArchSpec | str) -> Recipe:
+def csg_plan(arch: ArchSpec | str) -> CSGArchPlan:
     name = arch if isinstance(arch, str) else arch.name
     try:
-        return RECIPES[name]
+        return CSG_PLANS[name]
     except KeyError:
-        raise ValueError(f"no CSG recipe for architecture {name!r}; add one to study/methods/csg.py") from None
+        raise ValueError(f"no CSG plan for architecture {name!r}; add one to study/methods/csg.py") from None
+
+
+def select(arch: ArchSpec, policy: str) -> Callable[[str, nn.Conv2d], bool]:
+    """The convs CSG's `policy` argument names: `authors`, the authors' layers (`csg_plan(arch).policy`),
+    or `all`, every ungrouped conv but the stem.  (The baselines matched to CSG use it too.)"""
+    return csg_plan(arch).policy if policy == "authors" else all_eligible(arch.first_conv)
 
 
 @register
@@ -60,7 +66,7 @@ class CSG(Method):
     defaults = dict(schema.CSG_DEFAULTS)
 
     def spec(self, arch: ArchSpec, args: dict, seed: int = 0) -> CSGSpec:
-        r = recipe(arch)
+        r = csg_plan(arch)
         return CSGSpec(slice=int(args["slice"]), code_dim=int(args["code_dim"]), kernel_size=r.kernel_size,
                        layout=args["layout"], generator=args["generator"], init=r.init,
                        code_mean=r.code_mean, seed=seed)
@@ -81,10 +87,26 @@ class CSG(Method):
             raise ValueError(f"{sorted(reuse)[0]} only applies to generator: reuse")
         return {**args, **reuse}
 
+    GENERATOR_KEY = "csg.weight"  # the generator's weight in a CSG network's state dict (`convert` registers it as csg)
+
+    def generator_shape(self, arch: ArchSpec | str, args: dict) -> tuple[int, int, int]:
+        """(slice, code dim, kernel size) of the generator `build(arch, args)` makes: what the source of
+        a reused generator must train."""
+        return int(args["slice"]), int(args["code_dim"]), csg_plan(arch).kernel_size
+
+    def generator_in(self, state: dict):
+        """The generator weight of a CSG network's state dict (another run's, for reuse), or None."""
+        return state.get(self.GENERATOR_KEY)
+
+    def final_metrics(self, model, total):
+        """`params_generator` (the shared generator's weights) and `generator_share` (their fraction of
+        the network's total, in [0, 1]): what a frozen (random-binary or reused) generator fixes of it."""
+        n = sum(g.weight.numel() for g in generators(model))
+        return {"params_generator": n, "generator_share": n / total} if n and total else {}
+
     def build(self, arch, args, seed=0):
         model = arch.build(num_classes=arch.num_classes)
-        policy = recipe(arch).policy if args["policy"] == "authors" else all_eligible(arch.first_conv)
-        model = convert(model, self.spec(arch, args, seed), policy)
+        model = convert(model, self.spec(arch, args, seed), select(arch, args["policy"]))
         if args.get("generator_weight") is not None:  # generator: reuse, inside a run (study/runner.py)
             model.csg.load_reused(args["generator_weight"])
         return model

@@ -21,6 +21,14 @@ import torch.nn.functional as F
 from study.config import RunConfig
 
 
+def flip_tta_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(single-view output, probabilities averaged over the image and its horizontal mirror)."""
+    out = model(x)
+    mirrored = model(x.flip(3))
+    probs = 0.5 * (F.softmax(out.float(), 1) + F.softmax(mirrored.float(), 1))
+    return out, probs
+
+
 @dataclass
 class Loaders:
     train: Iterable
@@ -57,8 +65,6 @@ class Task:
         """Mean loss and top-1 (and top-5 where there are more than 5 classes) accuracy in %.
         With `tta`, also `acc_tta`: top-1 of the softmax averaged over each image and its mirror
         (a separate, labelled metric; the single view stays the headline)."""
-        from study.recipe import flip_tta_logits
-
         model.eval()
         n, loss, top1, top5, top1_tta = 0, 0.0, 0, 0, 0
         for x, y in loader:

@@ -6,19 +6,15 @@ and tests can use small images.
 """
 from __future__ import annotations
 
-
 import numpy as np
-import torch
-import torch.nn as nn
 
 from study.config import RunConfig
 from study.tasks.base import Loaders, Task
 from study.tasks.loading import SampleView, make_loader
 
-# -- ImageNet -----------------------------------------------------------------------------------
+
 class ImageNetTask(Task):
     name = "imagenet"
-    primary = "acc"
     top5 = True
 
     def __init__(self, image_size: int = 224, resize_size: int = 256):

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from study.config import RunConfig
+
 
 class SeededSampler(Sampler):
     """Yields `(index, seed)`; the order (when shuffling) and the seeds come from `generator`."""
@@ -90,17 +89,11 @@ class DeviceLoader:
             yield x, torch.as_tensor(y).to(self.device, non_blocking=True)
 
 
-def make_loader(view: SampleView, cfg: RunConfig, device, train: bool, batch_size: int | None = None) -> DeviceLoader:
+def make_loader(view: SampleView, cfg: RunConfig, device, train: bool) -> DeviceLoader:
     device = torch.device(device)
-    batch_size = batch_size or cfg.batch_size
+    batch_size = cfg.batch_size
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(view, batch_size=batch_size, sampler=SeededSampler(len(view), generator, shuffle=train),
                         num_workers=cfg.workers, generator=generator, pin_memory=device.type == "cuda",
                         drop_last=train and len(view) > batch_size)  # no lone last batch for BatchNorm
     return DeviceLoader(loader, device, cfg.channels_last)
-
-
-def _random_subset(indices: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    if n is None or n >= len(indices):
-        return np.asarray(indices)
-    return np.sort(np.random.default_rng(seed).permutation(np.asarray(indices))[:n])

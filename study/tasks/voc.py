@@ -15,10 +15,16 @@ import torch.nn.functional as F
 
 from study.config import RunConfig
 from study.tasks.base import Loaders, Task
-from study.tasks.loading import SampleView, make_loader, _random_subset
+from study.tasks.loading import SampleView, make_loader
 
-# -- Pascal VOC ---------------------------------------------------------------------------------
 IGNORE_INDEX = 255
+
+
+def random_subset(indices: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """`n` of `indices` drawn at random with `seed`, in ascending order (all of them where `n` is None)."""
+    if n is None or n >= len(indices):
+        return np.asarray(indices)
+    return np.sort(np.random.default_rng(seed).permutation(np.asarray(indices))[:n])
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -47,7 +53,6 @@ class VOCTask(Task):
     classifies = False
     name = "voc"
     primary = "miou"
-    num_classes = 21
 
     def __init__(self, crop_size: int = 513, scale_range: tuple[float, float] = (0.5, 2.0)):
         """`crop_size` is the standard size, used when a run leaves `image_size` unset."""
@@ -68,9 +73,9 @@ class VOCTask(Task):
                              f"got {cfg.val_size}")
         order = np.random.default_rng(cfg.seed).permutation(n)
         val_idx, train_idx = np.sort(order[:cfg.val_size]), np.sort(order[cfg.val_size:])
-        train_idx = _random_subset(train_idx, cfg.train_subset, cfg.seed)
-        val_idx = _random_subset(val_idx, cfg.test_subset, cfg.seed)
-        test_idx = _random_subset(np.arange(len(test_set)), cfg.test_subset, cfg.seed)
+        train_idx = random_subset(train_idx, cfg.train_subset, cfg.seed)
+        val_idx = random_subset(val_idx, cfg.test_subset, cfg.seed)
+        test_idx = random_subset(np.arange(len(test_set)), cfg.test_subset, cfg.seed)
         crop = cfg.image_size or self.crop_size
         train_tf = voc.TrainTransform(crop, self.scale_range)
         eval_tf = voc.EvalTransform(crop)
