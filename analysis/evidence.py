@@ -215,7 +215,7 @@ class Evidence:
         scope = self.reported()
         intro = (f"All CSG configurations against the plain network form one family per model. The paper's claim "
                  f"(a loss under {CLAIM_POINTS:g} point at about half the parameters) is judged only for the networks "
-                 f"it reported, with the authors' contiguous layout, learned generator and converted layers"
+                 "it reported, with the authors' contiguous layout, learned generator and converted layers"
                  + (f" ({scope} here)" if scope else " (none of this grid's)") + "; the others get their difference "
                  f"and its interval.")
         short = [a for a in sorted(set(rows["arch"])) if is_short(rows.loc[rows["arch"] == a, "epochs"].tolist())]

@@ -172,7 +172,6 @@ def load_study(folder: Path, tracking_uri: str) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     client = _client(tracking_uri)
     store = client._tracking_client.store
-    ids = {r["run_id"] for r in runs}
 
     # a fresh store: the experiment is not there, or holds exactly these runs already (a second load)
     present = {}

@@ -1,6 +1,6 @@
 """The machine a run finds itself on: the one home of the project root, the device, the CPU's name and
-flags and the precision a run trains in (the default tracking store, `default_tracking_uri`, is
-`study.schema`'s, part of the store contract; it is importable from here too).
+flags and the precision a run trains in.  (The default tracking store is `study.schema`'s, part of the
+store contract.)
 
 Light on purpose (no torch or MLflow at import): `study fetch` and the bench use it too.
 `/proc/cpuinfo` is read here and nowhere else, once per process.
@@ -11,8 +11,6 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-
-from study.schema import default_tracking_uri  # noqa: F401  (a public name of env's before it moved)
 
 PROJECT = Path(__file__).resolve().parent.parent  # the repository: configs/, reference/, results/
 
