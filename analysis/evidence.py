@@ -217,7 +217,7 @@ class Evidence:
                  f"(a loss under {CLAIM_POINTS:g} point at about half the parameters) is judged only for the networks "
                  "it reported, with the authors' contiguous layout, learned generator and converted layers"
                  + (f" ({scope} here)" if scope else " (none of this grid's)") + "; the others get their difference "
-                 f"and its interval.")
+                 "and its interval.")
         short = [a for a in sorted(set(rows["arch"])) if is_short(rows.loc[rows["arch"] == a, "epochs"].tolist())]
         lags = list(dict.fromkeys(lag for lag in map(csg_lag, short) if lag))  # once per network they logged
         if lags:
