@@ -32,6 +32,16 @@ def batches(n, size=4, seed=0):
     return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
 
 
+def _one_step(model, opt, epoch: int) -> torch.Tensor:
+    """One SGD step on the epoch's batch, as the trainer takes it; returns the loss."""
+    for x, y in batches(1, seed=epoch):
+        opt.zero_grad()
+        loss = F.cross_entropy(model.train()(x), y)
+        loss.backward()
+        opt.step()
+    return loss
+
+
 def masks(model):
     return {n: m.weight_mask.detach().clone() for n, m in model.named_modules() if hasattr(m, "weight_mask")}
 
@@ -241,12 +251,7 @@ def test_li_prunes_the_trained_network_at_the_stated_epoch_and_retrains():
             model = new
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         before = [p.detach().clone() for p in model.parameters()]
-        for x, y in batches(1, seed=epoch):
-            opt.zero_grad()
-            loss = F.cross_entropy(model.train()(x), y)
-            loss.backward()
-            opt.step()
-        assert torch.isfinite(loss)
+        assert torch.isfinite(_one_step(model, opt, epoch))
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it trains on
     assert changed == [8]  # round(0.8 * 10): eight dense epochs, two of retraining
     assert accounting.count_parameters(model)["total"] == m.counted(m.build(ARCH, args), ARCH, args) < dense_total
@@ -276,12 +281,7 @@ def test_kim_decomposes_the_trained_network_at_the_stated_epoch_and_fine_tunes()
                     assert torch.allclose(w, r, atol=1e-5)
             model = new
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        for x, y in batches(1, seed=epoch):
-            opt.zero_grad()
-            loss = F.cross_entropy(model.train()(x), y)
-            loss.backward()
-            opt.step()
-        assert torch.isfinite(loss)
+        assert torch.isfinite(_one_step(model, opt, epoch))
     assert changed == [4]
     assert accounting.count_parameters(model)["total"] == m.counted(m.build(ARCH, args), ARCH, args)
 
