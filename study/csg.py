@@ -140,12 +140,15 @@ class SliceGenerator(nn.Module):
         hook a generator with another generation overrides (`baselines/hypernet.py`)."""
         return F.linear(codes, self.weight)
 
+    def _timed_product(self, codes: torch.Tensor) -> torch.Tensor:
+        with torch.profiler.record_function("csg_product"):  # a named scope for `study bench`'s breakdown
+            return self.product(codes)
+
     def generate_all(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
         """Every attached layer's kernel from a single `product`, dense in `memory_format`."""
         layers = self._layers
         codes = torch.cat([layer.code for layer in layers]) if len(layers) > 1 else layers[0].code
-        with torch.profiler.record_function("csg_product"):  # a named scope for `study bench`'s breakdown
-            flat = self.product(codes)
+        flat = self._timed_product(codes)
         # One split node, not a slice per layer: the backward of `flat[start:stop]` writes each
         # layer's gradient into a zero tensor of the whole product's size and sums them all.
         parts = flat.split([layer.code.shape[0] for layer in layers]) if len(layers) > 1 else (flat,)
@@ -158,9 +161,7 @@ class SliceGenerator(nn.Module):
         are generated once, in the format of the layer that asks first (another format gets a
         converted copy); outside one, only this layer's kernel is generated, from its own codes."""
         if not self._in_pass:
-            with torch.profiler.record_function("csg_product"):
-                slices = self.product(layer.code)
-            return layer.assemble(slices, memory_format)
+            return layer.assemble(self._timed_product(layer.code), memory_format)
         if self._kernels is None:
             self._kernels = self.generate_all(memory_format)
         return self._kernels[layer.generator_index].contiguous(memory_format=memory_format)

@@ -89,7 +89,6 @@ class Method:
 METHODS: dict[str, Method] = {}
 PLUGIN_GROUP = "study.methods"  # entry points: each loads a module that registers its methods
 _plugins_loaded = False
-_plugins_found = 0  # entry points of the group that the installed metadata lists
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -101,7 +100,7 @@ def register(cls: type[Method]) -> type[Method]:
 def load_plugins() -> None:
     """Import every module named in the installed `study.methods` entry points (once per process,
     once all have loaded: a plugin that fails to import raises, naming its entry point, every time)."""
-    global _plugins_loaded, _plugins_found
+    global _plugins_loaded
     if _plugins_loaded:
         return
     from importlib.metadata import entry_points
@@ -113,13 +112,14 @@ def load_plugins() -> None:
         except Exception as e:
             raise ImportError(f"the {PLUGIN_GROUP!r} entry point {ep.name!r} ({ep.value}) does not load: "
                               f"{type(e).__name__}: {e}") from e
-    _plugins_found, _plugins_loaded = len(found), True
+    _plugins_loaded = True
 
 
 def no_plugins_hint() -> str:
     """A sentence for the user when no `study.methods` entry point is installed (else "")."""
-    load_plugins()
-    if _plugins_found:
+    from importlib.metadata import entry_points
+
+    if entry_points(group=PLUGIN_GROUP):
         return ""
     return (f"no {PLUGIN_GROUP!r} entry point is installed, so only the core methods exist (a checkout on "
             "PYTHONPATH without installed metadata?): pip install -e .")
