@@ -174,7 +174,8 @@ def _run_one(job: Job, tracker: Tracker) -> Outcome:
         counts = accounting.account(result.model, (channels, *size))
         final = {**result.summary, **{f"params_{k}" if k in accounting.COUNTS else k: v for k, v in counts.items()},
                  **get_method(cfg.method).final_metrics(result.model, counts["total"])}
-        tags = {"precision": result.precision, **({"resumed_from": result.resumed_from} if result.resumed_from else {})}
+        tags = {"precision": result.precision, "trained_on": result.trained_on,
+                **({"resumed_from": result.resumed_from} if result.resumed_from else {})}
         tracker.log(run_id, final, step=cfg.epochs, tags=tags, params={"precision_used": result.precision})
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(accounting.compact_state_dict(result.model), Path(tmp) / "model.pt")

@@ -77,8 +77,18 @@ class Result:
     summary: dict = field(default_factory=dict)
     model: nn.Module | None = None
     args: dict = field(default_factory=dict)
-    precision: str = "fp32"
+    precision: str = "fp32"  # every precision the run trained in, in order of first use ("fp32+bf16")
     resumed_from: str | None = None  # where this call started: "epoch E batch B/N", None if from scratch
+    # where each stretch of the run was trained: a run carried between machines (study/carry.py) may
+    # train its first epochs on one CPU and precision and the rest on another
+    segments: list[dict] = field(default_factory=list)  # [{"from_epoch", "cpu", "precision"}], in order
+
+    @property
+    def trained_on(self) -> str:
+        """"epochs 1-12: AMD EPYC (fp32); 13-40: Intel Xeon (bf16)", for a run's tag."""
+        ends = [s["from_epoch"] for s in self.segments[1:]] + [len(self.history)]
+        return "; ".join(f"{'epochs ' if i == 0 else ''}{s['from_epoch'] + 1}-{end}: {s['cpu']} ({s['precision']})"
+                         for i, (s, end) in enumerate(zip(self.segments, ends)))
 
 
 def summarize(history: list[dict], primary: str = "acc") -> dict:
@@ -156,7 +166,7 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
     steps_per_epoch = len(loaders.train)
 
     history: list[dict] = []
-    start_epoch, position, resumed_from = 0, None, None
+    start_epoch, position, resumed_from, segments = 0, None, None, []
     state = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
     if state is not None:
         model = method.restore(model, resolved_args, state["structure"])
@@ -185,8 +195,12 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
         loaders.train.generator.set_state(state["rng"]["loader"])
         history, start_epoch = list(state["history"]), state["epoch"]
         resumed_from = _where(start_epoch, position["batch"] if position else 0, steps_per_epoch)
+        segments = list(state.get("segments") or [{"from_epoch": 0, "cpu": "unrecorded", "precision": "unrecorded"}])
         for metrics in history if on_epoch else ():
             on_epoch(metrics)
+    here = {"cpu": env.device_name(device), "precision": precision}
+    if not segments or {k: segments[-1][k] for k in here} != here:  # a new stretch: begun, or moved machine
+        segments.append({"from_epoch": start_epoch, **here})
     forward = torch.compile(model) if cfg.compile else model
     total_steps = cfg.epochs * steps_per_epoch
 
@@ -194,7 +208,8 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
         return {"epoch": epochs_done, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(loaders.train),
                 **({"average": average.state_dict()} if average is not None else {}),
-                "structure": method.structure(model), "history": history, "config_hash": cfg.hash(), **extra}
+                "structure": method.structure(model), "history": history, "segments": segments, "config_hash": cfg.hash(),
+                **extra}
 
     for epoch in range(start_epoch, cfg.epochs):
         resuming = position is not None and epoch == start_epoch
@@ -259,5 +274,6 @@ def train(cfg: RunConfig, data_root: str, checkpoint_dir: Path | None = None, de
         for averaged, live in zip(average.module.parameters(), model.parameters()):
             averaged.requires_grad_(live.requires_grad)  # its accounting: trainable as the live network was
         model = average.module
-    return Result(history=history, summary=summarize(history, task.primary), model=model,
-                  args=resolved_args, precision=precision, resumed_from=resumed_from)
+    used = list(dict.fromkeys(s["precision"] for s in segments))
+    return Result(history=history, summary=summarize(history, task.primary), model=model, args=resolved_args,
+                  precision="+".join(used), resumed_from=resumed_from, segments=segments)
