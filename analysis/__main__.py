@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("folder", help="a study folder written by `report` (results/<profile>) or its runs/ folder")
     s.add_argument("--tracking-uri", default=None,
                    help="embedded store to create (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    s.add_argument("--keep-existing", action="store_true",
+                   help="where the store already holds the study's experiment, keep it as it is and load nothing "
+                        "of it (how `run_all.sh` continues a committed study on a machine that may be further on)")
     u = sub.add_parser("ui", help="run `mlflow ui` on the store, bound to 127.0.0.1")
     u.add_argument("--tracking-uri", default=None, help="MLflow store (default as for `report`)")
     u.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -96,7 +99,7 @@ def cmd_load_study(args) -> int:
     from analysis import portable
 
     uri = args.tracking_uri or default_tracking_uri()
-    done = portable.load_study(Path(args.folder), uri)
+    done = portable.load_study(Path(args.folder), uri, keep_existing=args.keep_existing)
     exps = ", ".join(f"{name} (id {i})" for name, i in sorted(done["experiments"].items()))
     if done["already"] and not done["runs"]:
         print(f"{uri} already holds {exps}: nothing to load")

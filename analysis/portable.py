@@ -158,8 +158,11 @@ def _chunks(items: list, n: int):
         yield items[i:i + n]
 
 
-def load_study(folder: Path, tracking_uri: str) -> dict:
-    """Load a portable export into the embedded store at `tracking_uri`; a summary of what was loaded."""
+def load_study(folder: Path, tracking_uri: str, keep_existing: bool = False) -> dict:
+    """Load a portable export into the embedded store at `tracking_uri`; a summary of what was loaded.
+
+    `keep_existing`: an experiment the store already holds with other runs is left as it is (the store
+    may be further on than the folder: a study that continued here) instead of refusing the load."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
     from mlflow.store.tracking import sqlalchemy_store
 
@@ -180,6 +183,8 @@ def load_study(folder: Path, tracking_uri: str) -> dict:
         if exp is not None:
             have = {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=50000)}
             if have and have == {r["run_id"] for r in runs if r["experiment"] == e["name"]}:
+                present[e["name"]] = exp.experiment_id
+            elif have and keep_existing:
                 present[e["name"]] = exp.experiment_id
             elif have:
                 raise AnalysisError(f"{tracking_uri} already holds experiment {e['name']!r} with other runs; "

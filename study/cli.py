@@ -1,4 +1,4 @@
-"""`python -m study ...`: params, evaluate-authors, run, status, bench, fetch, backfill-metadata.
+"""`python -m study ...`: params, evaluate-authors, run, status, bench, fetch, backfill-metadata, carry-out, carry-in.
 
 Every bad argument is caught before work starts and reported as one line on stderr, exit status 2.
 """
@@ -81,6 +81,18 @@ def build_parser() -> Parser:
                            help="also checkpoint in the middle of an epoch this often, for any backend (default: "
                                 "the grid file's checkpoint_minutes, else only at the end of each epoch; 0: off)")
             r.add_argument("--dry-run", action="store_true", help="list the runs and their counts, train nothing")
+
+    for name, helptext in (
+            ("carry-out", "copy the newest checkpoint of each unfinished run of a grid into FOLDER/in_flight/, "
+                          "to commit or move with the study's runs/"),
+            ("carry-in", "copy the checkpoints carried in FOLDER/in_flight/ back beside this machine's, where "
+                         "they are further on, so the runs resume from them")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("grid")
+        c.add_argument("folder", nargs="?", help="the study's folder (default: <project>/results/<grid name>)")
+        c.add_argument("--tracking-uri", help="the store that says which runs have FINISHED (default: "
+                                              "$MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
+        c.add_argument("--output", default=str(PROJECT / "outputs"), help="where the grid's checkpoints live")
 
     f = sub.add_parser("fetch", help="download and verify CIFAR-10 and the authors' checkpoints (what is missing)")
     f.add_argument("what", nargs="?", choices=("all", "cifar10", "authors"), default="all")
@@ -320,6 +332,29 @@ def cmd_status(a) -> int:
     return 0
 
 
+def cmd_carry(a) -> int:
+    """carry-out / carry-in: see study/carry.py."""
+    from study import carry, runner
+
+    g, uri, out = _load_grid(a)
+    folder = Path(a.folder) if a.folder else PROJECT / "results" / g.name
+    if a.command == "carry-in" and not folder.is_dir():
+        raise UsageError(f"{folder}: no such study folder")
+    tracker = Tracker(uri)
+    exp = tracker.existing_experiment(g.name)
+    finished = {r.data.tags.get("config_hash") for r in (tracker.runs(exp) if exp else [])
+                if r.info.status == runner.DONE}
+    move = carry.export if a.command == "carry-out" else carry.import_
+    done = move(g.runs, g.checkpoint_root(out), folder, finished)
+    for c in done:
+        print(c.line())
+    copied = sum(c.action == "copied" for c in done)
+    where = folder / carry.IN_FLIGHT
+    print(f"{a.command}: {copied} checkpoint(s) copied " + (f"into {where}" if a.command == "carry-out"
+                                                           else f"from {where} into {g.checkpoint_root(out)}"))
+    return 0
+
+
 def cmd_backfill_metadata(a) -> int:
     from study import metadata
 
@@ -391,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fetch(a)
         elif a.command == "backfill-metadata":
             return cmd_backfill_metadata(a)
+        elif a.command in ("carry-out", "carry-in"):
+            return cmd_carry(a)
         else:
             return cmd_status(a)
     except UsageError as e:

@@ -48,3 +48,27 @@ def test_quick_is_the_reference_study():
         runs = [c for c in g.runs if c.method == m]
         assert runs, f"{m} is missing from quick.yaml"
         assert all(c.target_params == budget for c in runs), m  # the budget resolved from CSG 16/72
+
+
+def test_converged_is_the_study_its_issue_asks_for():
+    """Plain and CSG 16/72 over 3 seeds at E, every baseline over 2 at E and CSG 16/72's budget, plain and
+    CSG at 3 or more lengths, and fast91's two runs among its own (one store answers both files)."""
+    g = grid.load(REPO / "configs" / "converged.yaml")
+    E = max(c.epochs for c in g.runs)
+
+    def key(c):
+        return "plain" if c.method == "none" else f"{c.method}{c.method_args.get('code_dim', '')}"
+
+    headline = [c for c in g.runs if c.flip == "alternating"]  # the fast recipe
+    seeds = Counter(key(c) for c in headline if c.epochs == E)
+    assert seeds["plain"] >= 3 and seeds["csg72"] >= 3
+    budget = next(g.counts[c.hash()]["stored"] for c in g.runs if key(c) == "csg72")
+    for m in (m for m in method_names() if m not in ("none", "csg")):
+        assert seeds[m] >= 2, m
+        assert all(c.target_params == budget for c in g.runs if c.method == m), m
+    for k in ("plain", "csg72"):
+        assert len({c.epochs for c in headline if key(c) == k}) >= 3, k
+        quick_recipe = {c.seed for c in g.runs if key(c) == k and c.flip == "random"}
+        assert len(quick_recipe) >= 2, k  # the recipe's fairness check
+    fast = grid.load(REPO / "configs" / "fast91.yaml")
+    assert {c.hash() for c in fast.runs} <= {c.hash() for c in g.runs}
