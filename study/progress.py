@@ -13,7 +13,7 @@ a Dask cluster or SLURM array tasks elsewhere.  Two displays draw a `Snapshot`:
 for a grid running elsewhere.  Both write it to stderr, so stdout keeps the summary table.
 
 The ETA simulates the remaining work on the workers: each running run needs its remaining epochs at
-its own mean epoch time (less the time already spent in the current epoch); each pending run needs its
+its own median epoch time (less the time already spent in the current epoch); each pending run needs its
 epochs at the mean epoch time of runs of the same method and architecture (else of every run); the
 pending runs go, in grid order, to whichever worker frees up first.
 """
@@ -58,7 +58,8 @@ class RunProgress:
 
     @property
     def seconds_per_epoch(self) -> float | None:
-        return statistics.fmean(self.epoch_seconds.values()) if self.epoch_seconds else None
+        """The median: an epoch that spanned a pause (a stopped job, a suspended machine) is an outlier."""
+        return statistics.median(self.epoch_seconds.values()) if self.epoch_seconds else None
 
 
 @dataclass

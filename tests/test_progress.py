@@ -64,6 +64,9 @@ def test_the_eta_schedules_pending_runs_on_the_workers():
     assert estimate(rows, 1, 1000.0) == 50 + 3 * 100          # one worker: one after the other
     assert estimate(rows, 2, 1000.0) == 200                    # two: 100 + 100 on one, 50 + 100 on the other
     assert estimate([run(PENDING, 0, 0)], 1, 0.0) is None      # nothing measured yet
+    paused = run(RUNNING, 5, 10.0)
+    paused.epoch_seconds[3] = 3600.0  # the job was stopped for an hour in its third epoch
+    assert estimate([paused], 1, 1000.0) == 50                 # the pause is not read as the pace
 
 
 def test_plain_lines_one_per_finished_epoch_and_a_rich_table(grid_and_store):
