@@ -182,9 +182,7 @@ def load_study(folder: Path, tracking_uri: str, keep_existing: bool = False) -> 
         exp = client.get_experiment_by_name(e["name"])
         if exp is not None:
             have = {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=50000)}
-            if have and have == {r["run_id"] for r in runs if r["experiment"] == e["name"]}:
-                present[e["name"]] = exp.experiment_id
-            elif have and keep_existing:
+            if have and (keep_existing or have == {r["run_id"] for r in runs if r["experiment"] == e["name"]}):
                 present[e["name"]] = exp.experiment_id
             elif have:
                 raise AnalysisError(f"{tracking_uri} already holds experiment {e['name']!r} with other runs; "
