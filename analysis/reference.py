@@ -10,6 +10,14 @@ from analysis.load import REPO
 
 REFERENCE_DIR = REPO / "reference"
 
+# the authors' CIFAR protocol (read from their released training code; reference/README.md): their
+# training length (their ResNet logs in authors_curves.csv run 200 epochs, the DenseNet ones a few more),
+# and the settings to say where ours departs from it
+AUTHORS_EPOCHS = 200
+AUTHORS_PROTOCOL = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "gamma": 0.1,
+                    "milestones": "0.5,0.75", "label_smoothing": 0.0, "nesterov": False}
+AUTHORS_BATCH = {"densenet": 128, "resnet": 192}
+
 
 def paper_reference(path: Path | None = None) -> pd.DataFrame:
     ref = pd.read_csv(path or REFERENCE_DIR / "paper_reference.csv", dtype={"source": str, "metric": str})

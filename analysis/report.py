@@ -17,15 +17,11 @@ import pandas as pd
 from analysis import breakdown as breakdown_mod
 from analysis import evidence, figures, reference, tables
 from analysis.load import (FINAL_METRICS, MANIFEST_EXTRA, REPO, Runs, epochs_wide, python_value)
+from analysis.reference import AUTHORS_BATCH, AUTHORS_EPOCHS, AUTHORS_PROTOCOL
 from analysis.stats import comparisons, summarize, varying_protocol
 from study.schema import HEADLINE
 
 X_CHOICES = ("budget", "total", "stored", "nonzero")
-# the authors' CIFAR protocol (read from their released training code; reference/README.md), to say
-# where ours departs from it
-AUTHORS_PROTOCOL = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "gamma": 0.1,
-                    "milestones": "0.5,0.75", "label_smoothing": 0.0, "nesterov": False}
-AUTHORS_BATCH = {"densenet": 128, "resnet": 192}
 
 
 # -- environment ------------------------------------------------------------------------------------
@@ -90,7 +86,7 @@ def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
            + (f" and logged {_range(done)} epoch(s) of metrics" if done else ""))
     out.append(
         f"**Training length.** Our FINISHED runs {how}" +
-        f"; the authors trained for about 200 epochs (their logs in `reference/authors_curves.csv` run "
+        f"; the authors trained for about {AUTHORS_EPOCHS} epochs (their logs in `reference/authors_curves.csv` run "
         f"{int(a_epochs.min())}–{int(a_epochs.max())} epochs). "
         + ("Shorter training lowers accuracy for every method, so compare methods within this report and read the "
            "authors' numbers as a ceiling, not a target." if epochs and max(epochs) < 150 else
