@@ -44,6 +44,13 @@ NOT_PROTOCOL = {"arch", "method", "method_args", "target_params", "seed", "name"
 
 # the config fields a manifest.csv lists (in `RunConfig`'s order), for a report regenerated from one
 MANIFEST_CONFIG = ["arch", "method", "target_params", "seed", "epochs"]
+# and the training settings it lists beside them: every config field of the protocol (not in NOT_PROTOCOL)
+# but `epochs`, which a FINISHED run's `epochs_completed` gives.  Without them a report regenerated from
+# the manifest could not tell two recipes at one training length apart (a manifest written before they
+# were listed still loads, with the caveats `from_manifest` states)
+MANIFEST_RECIPE = ["batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "gamma",
+                   "warmup_epochs", "label_smoothing", "ema_decay", "no_decay_norm_bias", "val_size", "train_subset",
+                   "test_subset", "flip", "image_size"]
 
 
 class AnalysisError(ValueError):
@@ -190,6 +197,22 @@ def _group_key(params: dict[str, str], name_to_key: dict[str, str] | None = None
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def without_length(settings: dict) -> dict:
+    """A configuration's settings (as param strings) with its training length taken out, for `across_lengths`.
+
+    `epochs` goes, and the warm-up becomes its fraction of the run: a grid that keeps the warm-up at a
+    fixed share (2 of 10, 4 of 20, 8 of 40 epochs) runs one recipe at several lengths, while any other
+    change of setting (another flip, another learning rate) is another recipe and keeps its runs apart.
+    """
+    out = {k: v for k, v in settings.items() if k not in ("epochs", "warmup_epochs")}
+    if "warmup_epochs" in settings:
+        w, e = parse_value(settings["warmup_epochs"]), parse_value(settings.get("epochs"))
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (w, e))
+        # the fraction at 6 significant digits: 2/10 and 8/40 must give the same text
+        out["warmup_fraction"] = f"{w / e:.6g}" if numeric and e else settings["warmup_epochs"]
+    return out
+
+
 def load(tracking_uri: str | None = None, experiment: str | None = None, history: bool = True) -> Runs:
     """Read every run of `experiment` (default: every experiment that has runs) from the store."""
     uri = tracking_uri or default_tracking_uri()
@@ -265,9 +288,9 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
     runs["group"] = [_group_key(p, name_to_key) for p in params_per_run]
     runs["protocol"] = [_group_key({k: v for k, v in p.items() if k in cfg_keys and k not in NOT_PROTOCOL})
                         for p in params_per_run]
-    # the same configuration at another training length: how a gap changes with the length is a contrast
-    runs["across_lengths"] = [_group_key({k: v for k, v in p.items() if k != "epochs"}, name_to_key)
-                              for p in params_per_run]
+    # the same configuration at another training length (the warm-up as its share of the run): how a gap
+    # changes with the length is a contrast
+    runs["across_lengths"] = [_group_key(without_length(p), name_to_key) for p in params_per_run]
     runs["method_label"] = [t or method_label(m) for t, m in zip(runs[f"tag_{METHOD_LABEL_TAG}"], runs["method"])]
     runs["variant"] = [row[f"tag_{VARIANT_TAG}"] or variant_label(row, json.loads(row["method_args"]))
                        for _, row in runs.iterrows()]
@@ -295,23 +318,28 @@ def load(tracking_uri: str | None = None, experiment: str | None = None, history
 def from_manifest(path: str | Path) -> Runs:
     """The runs as a `manifest.csv` (written by `python -m analysis report`) lists them, without the store.
 
-    The manifest holds each run's identity, status, seed, final metrics, parameter counts and
-    breakdown, the count its budget was matched on and its knob, not its training settings or
-    per-epoch metrics (an older manifest gets the columns it lacks from `python -m study
-    backfill-metadata --manifest CSV`).  What the analysis needs beyond that is recovered, and
-    nothing else is invented:
+    The manifest holds each run's identity, status, seed, training settings (`MANIFEST_RECIPE`),
+    final metrics, parameter counts and breakdown, the count its budget was matched on and its knob,
+    not its per-epoch metrics (an older manifest gets the `MANIFEST_EXTRA` columns it lacks from
+    `python -m study backfill-metadata --manifest CSV`).  What the analysis needs beyond that is
+    recovered, and nothing else is invented:
     - the method's arguments from the variant label (`args_from_variant`);
     - the training length from `epochs_completed`: a FINISHED run completed every epoch it was
       configured for;
-    - the protocol: runs of one experiment with the same training length are taken to share one (a
-      grid file's defaults apply to all of its runs), stated in the report.
+    - the protocol and the links across training lengths from the training settings, as `load`
+      keys them.  A manifest written before it listed them: runs of one experiment with the same
+      training length are taken to share one protocol (a grid file's defaults apply to all of its
+      runs), stated in the report, and a method and variant are linked across lengths except where
+      one length holds two configurations of them (two recipes), which are then linked to nothing.
     """
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"no manifest at {path}")
     try:
+        # the settings as text, as the store's params are: they are typed and keyed as `load` does it
         m = pd.read_csv(path, dtype={"run_id": str, "config_hash": str, "group": str, "variant": str,
-                                     "failure_reason": str, "knob": str, VARIANT_NAME_TAG: str})
+                                     "failure_reason": str, "knob": str, VARIANT_NAME_TAG: str,
+                                     **dict.fromkeys(MANIFEST_RECIPE, str)})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise AnalysisError(f"cannot read the manifest {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
     missing = {"experiment", "run_name", "group", "status", "arch", "method", "variant", "seed"} - set(m.columns)
@@ -336,17 +364,31 @@ def from_manifest(path: str | Path) -> Runs:
     runs["method_args"] = [json.dumps(sorted(k for k in a if k != "target_params")) for a in args]
     runs["epochs"] = runs["epochs_completed"].where(runs["status"] == "FINISHED").astype("Int64")
     runs["method_label"] = runs["method"].map(method_label)
-    runs["protocol"] = [_group_key({"experiment": e, "epochs": str(n)}) for e, n in zip(runs["experiment"], runs["epochs"])]
-    runs["across_lengths"] = [_group_key({"experiment": e, "arch": a, "method": me, "variant": v})
-                              for e, a, me, v in zip(runs["experiment"], runs["arch"], runs["method"], runs["variant"])]
+    recipe = [c for c in MANIFEST_RECIPE if c in m.columns and m[c].notna().any()]  # empty: no run logged it
+    settings = [{c: None if pd.isna(v) else v for c, v in zip(recipe, vals)}
+                for vals in m[recipe].itertuples(index=False, name=None)]
+    for c in recipe:
+        runs[c] = typed_column([s[c] for s in settings]).values
+    runs["protocol"] = [_group_key({"experiment": e, "epochs": str(n), **s})
+                        for e, n, s in zip(runs["experiment"], runs["epochs"], settings)]
+    runs["across_lengths"] = [
+        _group_key(without_length({"experiment": e, "arch": a, "method": me, "variant": v,
+                                   "epochs": None if pd.isna(n) else str(n), **s}))
+        for e, a, me, v, n, s in zip(runs["experiment"], runs["arch"], runs["method"], runs["variant"],
+                                     runs["epochs"], settings)]
+    if not recipe:
+        # no training settings to tell recipes apart: where one length holds two configurations of a
+        # method and variant, which of them goes on at the next length is unknown, so neither is linked
+        two = runs.groupby(["across_lengths", "epochs"])["group"].transform("nunique") > 1
+        runs.loc[two, "across_lengths"] = runs.loc[two, "group"]
     for col in ("start_time", "end_time"):
         runs[col] = np.nan
     runs = sort_runs(runs).reset_index(drop=True)
     return Runs(tracking_uri="", experiments=sorted(set(runs["experiment"])), runs=runs,
                 epochs=pd.DataFrame(columns=["run_id", "metric", "epoch", "value"]),
                 param_columns=sorted(["arch", "method", "seed", "epochs", "budget_count", "knob", "target_params",
-                                      *arg_cols]),
-                config_columns=list(MANIFEST_CONFIG), method_arg_columns=arg_cols, duplicates=runs[runs["superseded"]], manifest=str(path))
+                                      *arg_cols, *recipe]),
+                config_columns=MANIFEST_CONFIG + recipe, method_arg_columns=arg_cols, duplicates=runs[runs["superseded"]], manifest=str(path))
 
 
 def only_experiment(runs: Runs, experiment: str) -> Runs:

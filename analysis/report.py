@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis import breakdown as breakdown_mod
 from analysis import evidence, figures, reference, tables
-from analysis.load import (FINAL_METRICS, MANIFEST_EXTRA, REPO, Runs, epochs_wide, python_value)
+from analysis.load import (FINAL_METRICS, MANIFEST_EXTRA, MANIFEST_RECIPE, REPO, Runs, epochs_wide, python_value)
 from analysis.reference import AUTHORS_BATCH, AUTHORS_EPOCHS, AUTHORS_PROTOCOL
 from analysis.stats import comparisons, summarize, varying_protocol
 from study.schema import HEADLINE
@@ -69,6 +69,11 @@ def _range(vals: list) -> str:
         return "unknown"
     lo, hi = min(vals), max(vals)
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def lists_recipe(runs: Runs) -> bool:
+    """Do the runs carry their training settings (always from the store; from a manifest written since it lists them)?"""
+    return bool(set(MANIFEST_RECIPE) & set(runs.config_columns))
 
 
 def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
@@ -144,7 +149,7 @@ def protocol_paragraphs(runs: Runs, summary: pd.DataFrame) -> list[str]:
     prec = _values(fin, "precision_used")
     if any(p not in (None, "fp32") for p in prec):
         diffs.append(f"arithmetic precision {_fmt_values(prec)} (authors: fp32)")
-    if runs.manifest:
+    if runs.manifest and not lists_recipe(runs):
         out.append(f"**Not in the manifest.** This report was regenerated from `{runs.manifest}`, which lists each "
                    "run's identity, seed, final metrics and parameter counts but not its training settings (optimiser, "
                    "schedule, batch size, data subsets, validation split, precision): how they differ from the "
@@ -190,9 +195,11 @@ def grid_section(runs: Runs, experiments: list[str]) -> str:
         if not vals:
             continue
         (constant if len(vals) == 1 else varying).append((k, vals))
+    rest = ("the training settings from their own columns." if lists_recipe(runs) else
+            "the other settings are not in the manifest.")
     where = ("Read from the manifest (all statuses): method arguments from the variant labels (numbers as they print "
              "them, to 6 significant digits), the training length from `epochs_completed`, the budget count and "
-             "knob from each method's own declaration; the other settings are not in the manifest." if runs.manifest else "Read from the runs' logged params (all statuses).")
+             f"knob from each method's own declaration; {rest}" if runs.manifest else "Read from the runs' logged params (all statuses).")
     lines = [where, "",
              "| param | value(s) |", "|---|---|"]
     lines += [f"| {k} | {tables.md_escape(_fmt_values(v))} |" for k, v in constant]
@@ -207,7 +214,7 @@ def grid_section(runs: Runs, experiments: list[str]) -> str:
 
 def manifest(runs: Runs) -> pd.DataFrame:
     cols = ["experiment", "run_name", "run_id", "config_hash", "group", "status", "superseded", "failure_reason",
-            "arch", "method", "variant", "seed", "epochs_completed"] + FINAL_METRICS + MANIFEST_EXTRA
+            "arch", "method", "variant", "seed", "epochs_completed"] + MANIFEST_RECIPE + FINAL_METRICS + MANIFEST_EXTRA
     m = runs.runs.copy()
     for c in cols:
         if c not in m:

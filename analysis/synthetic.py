@@ -6,6 +6,8 @@
   deterministic function of the run name); parameter counts are the true ones for the CIFAR ResNets.
   Besides FINISHED runs the store holds a FAILED, a KILLED and a RUNNING run, and one
   configuration+seed that finished twice.
+- `make_lengths_store`: the same for the converged study's training-length runs: one recipe at three
+  lengths and another recipe at one of them.
 - `run_table`: the frame the statistics read (`Runs.finished`), drawn with known effects (a true
   mean per configuration, a shared effect per seed, noise), no MLflow needed.
 """
@@ -71,14 +73,14 @@ def breakdown(arch: str, method: str, args: dict, total: int) -> dict[str, float
     return {**{BREAKDOWN[c]: float(n) for c, n in parts.items()}, BREAKDOWN_TOTAL: float(total)}
 
 
-def run_name(arch: str, method: str, args: dict, target, seed: int) -> str:
+def run_name(arch: str, method: str, args: dict, target, seed: int, suffix: str = "") -> str:
     if method == "csg":
         mid = f"csg-{args['slice']}x{args['code_dim']}" + ("-bin" if args.get("generator") == "binary" else "")
     elif method == "none":
         mid = "none"
     else:
         mid = f"{method}-t{target}"
-    return f"{arch}-{mid}-s{seed}"
+    return f"{arch}-{mid}{suffix}-s{seed}"
 
 
 def curves(name: str, final: float, epochs: int, seed_shift: float = 0.0) -> dict[str, list[float]]:
@@ -127,64 +129,75 @@ def _log(client, exp_id: str, name: str, params: dict, tags: dict, history: dict
     return rid
 
 
-def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, with_failures: bool = True) -> str:
-    """Log the synthetic runs into `root/mlflow.db` (artifacts in `root/artifacts`); return the tracking URI."""
+def _client(root: str | Path):
+    """A fresh SQLite store under `root` (artifacts in `root/artifacts`): its client and tracking URI."""
     import logging
 
     from mlflow.tracking import MlflowClient
 
     for n in ("alembic", "mlflow"):
         logging.getLogger(n).setLevel(logging.ERROR)
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
-    start = 1_760_000_000_000
+    return MlflowClient(tracking_uri=uri), uri
 
-    def params_for(arch, method, args, target, seed, name):
-        p = {"arch": arch, "method": method, "seed": seed, **BASE_PARAMS, "epochs": epochs, "name": name,
-             "target_params": target, **args, "budget_count": BUDGET.get(method, "total"),
-             "knob": KNOB.get(method, ""), "precision_used": "fp32"}
-        return p
 
-    def tags_for(arch, method, seed, name, args=None, target=None):
-        from study import schema
+def _params(arch, method, args, target, seed, name, epochs, **settings) -> dict:
+    """A run's params as the runner logs them: BASE_PARAMS with `settings` over them."""
+    return {"arch": arch, "method": method, "seed": seed, **BASE_PARAMS, "epochs": epochs, **settings, "name": name,
+            "target_params": target, **args, "budget_count": BUDGET.get(method, "total"),
+            "knob": KNOB.get(method, ""), "precision_used": "fp32"}
 
-        return {"config_hash": f"{zlib.crc32(name.encode()):08x}", "git_commit": "0123abc", "device": "cpu",
-                "torch_version": "2.x-synthetic", "precision": "fp32", "grid": experiment, "arch": arch,
-                "method": method, schema.CONFIG_KEYS_TAG: json.dumps(CONFIG_KEYS),
-                schema.METHOD_LABEL_TAG: schema.method_label(method),
-                schema.VARIANT_TAG: schema.variant_label(method, dict(args or {}), target),
-                schema.VARIANT_NAME_TAG: VARIANT_NAME.get(method, "")}
+
+def _tags(experiment, arch, method, name, args=None, target=None, config_keys=CONFIG_KEYS) -> dict:
+    from study import schema
+
+    return {"config_hash": f"{zlib.crc32(name.encode()):08x}", "git_commit": "0123abc", "device": "cpu",
+            "torch_version": "2.x-synthetic", "precision": "fp32", "grid": experiment, "arch": arch,
+            "method": method, schema.CONFIG_KEYS_TAG: json.dumps(config_keys),
+            schema.METHOD_LABEL_TAG: schema.method_label(method),
+            schema.VARIANT_TAG: schema.variant_label(method, dict(args or {}), target),
+            schema.VARIANT_NAME_TAG: VARIANT_NAME.get(method, "")}
+
+
+def _finals(hist: dict, arch: str, method: str, counts: tuple) -> dict:
+    """A FINISHED run's final metrics: its curves' selections and the configuration's counts."""
+    total, stored, nonzero, frozen = counts
+    fin = finals(hist)
+    fin.update(params_total=total, params_trainable=total - frozen, params_frozen=frozen,
+               params_stored=stored, params_nonzero=nonzero, bytes_on_disk=4 * stored + 2048,
+               flops=82_000_000 if arch == "resnet20" else 252_000_000, macs=41_000_000,
+               kernel_gen_flops=2 * stored if method == "csg" else 0)
+    return fin
+
+
+START = 1_760_000_000_000  # the first synthetic run's start time (ms); each later run a little after
+
+
+def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, with_failures: bool = True) -> str:
+    """Log the synthetic runs into `root/mlflow.db` (artifacts in `root/artifacts`); return the tracking URI."""
+    client, uri = _client(root)
+    exp_id = client.create_experiment(experiment, artifact_location=(Path(root) / "artifacts").as_uri())
+    start = START
 
     k = 0
-    for arch, method, args, target, seeds, acc, (total, stored, nonzero, frozen) in CONFIGS:
+    for arch, method, args, target, seeds, acc, counts in CONFIGS:
         for seed in seeds:
             name = run_name(arch, method, args, target, seed)
             hist = curves(name, acc, epochs, seed_shift=0.15 * seed)
-            fin = finals(hist)
-            fin.update(params_total=total, params_trainable=total - frozen, params_frozen=frozen,
-                       params_stored=stored, params_nonzero=nonzero, bytes_on_disk=4 * stored + 2048,
-                       flops=82_000_000 if arch == "resnet20" else 252_000_000, macs=41_000_000,
-                       kernel_gen_flops=2 * stored if method == "csg" else 0)
-            _log(client, exp_id, name, params_for(arch, method, args, target, seed, name),
-                 tags_for(arch, method, seed, name, args, target), hist, fin, "FINISHED", start + 1_000_000 * k,
-                 breakdown(arch, method, args, total))
+            _log(client, exp_id, name, _params(arch, method, args, target, seed, name, epochs),
+                 _tags(experiment, arch, method, name, args, target), hist, _finals(hist, arch, method, counts),
+                 "FINISHED", start + 1_000_000 * k, breakdown(arch, method, args, counts[0]))
             k += 1
     if with_failures:
         # resnet20-none-s0 again, FINISHED and started later: it supersedes the first one, whose numbers
         # must then stay out of the statistics
         name = run_name("resnet20", "none", {}, None, 0)
         hist = curves(name + "-rerun", 91.5, epochs)
-        fin = finals(hist)
-        fin.update(params_total=269722, params_trainable=269722, params_frozen=0, params_stored=269722,
-                   params_nonzero=269024, bytes_on_disk=4 * 269722 + 2048, flops=82_000_000, macs=41_000_000,
-                   kernel_gen_flops=0)
-        _log(client, exp_id, name, params_for("resnet20", "none", {}, None, 0, name),
-             tags_for("resnet20", "none", 0, name), hist, fin, "FINISHED", start + 1_000_000 * (k + 1),
-             breakdown("resnet20", "none", {}, 269722))
+        _log(client, exp_id, name, _params("resnet20", "none", {}, None, 0, name, epochs),
+             _tags(experiment, "resnet20", "none", name), hist, _finals(hist, "resnet20", "none", CONFIGS[0][6]),
+             "FINISHED", start + 1_000_000 * (k + 1), breakdown("resnet20", "none", {}, 269722))
         for i, (method, args, status, reason) in enumerate([
                 ("hashed", {"compression": 0.65}, "FAILED", "RuntimeError: out of memory"),
                 ("width", {"width": 0.8}, "KILLED", ""),
@@ -192,12 +205,43 @@ def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, wit
             target = 176698 if method != "none" else None
             seed = 0 if method != "none" else 3
             name = run_name("resnet20", method, args, target, seed)
-            tags = tags_for("resnet20", method, seed, name, args, target)
+            tags = _tags(experiment, "resnet20", method, name, args, target)
             if reason:
                 tags["failure_reason"] = reason
             hist = {k2: v[:2] for k2, v in curves(name, 85.0, epochs).items()}
-            _log(client, exp_id, name, params_for("resnet20", method, args, target, seed, name), tags, hist, None,
-                 status, start + 1_000_000 * (k + 2 + i))
+            _log(client, exp_id, name, _params("resnet20", method, args, target, seed, name, epochs), tags, hist,
+                 None, status, start + 1_000_000 * (k + 2 + i))
+    return uri
+
+
+# the training-length grid of configs/converged.yaml: plain and CSG 16/72 at 10, 20 and 40 epochs, one
+# recipe (alternating flips) with the warm-up a fifth of the run, and the quick recipe (random flips) at
+# 10 epochs: (epochs, flip, run-name suffix)
+LENGTHS = [(10, "alternating", "-e10"), (20, "alternating", "-e20"), (40, "alternating", ""),
+           (10, "random", "-e10-quickrecipe")]
+
+
+def make_lengths_store(root: str | Path, experiment: str = "converged", seeds=(0, 1)) -> str:
+    """Log the converged study's training-length runs (`LENGTHS`), FINISHED; return the tracking URI.
+
+    The recipe is the fast one of the converged study where it matters here: a one-cycle schedule whose
+    warm-up is a fifth of the run (2, 4, 8 epochs), and the flips; accuracy rises with the length."""
+    client, uri = _client(root)
+    exp_id = client.create_experiment(experiment, artifact_location=(Path(root) / "artifacts").as_uri())
+    keys = CONFIG_KEYS[:CONFIG_KEYS.index("workers") + 1] + ["flip"] + CONFIG_KEYS[CONFIG_KEYS.index("workers") + 1:]
+    k = 0
+    for epochs, flip, suffix in LENGTHS:
+        for arch, method, args, target, _, acc, counts in CONFIGS[:2]:  # resnet20 plain and CSG 16/72
+            for seed in seeds:
+                name = run_name(arch, method, args, target, seed, suffix)
+                hist = curves(name, acc - 6 + 1.5 * math.log2(epochs / 10) - (flip == "random"), epochs,
+                              seed_shift=0.15 * seed)
+                params = _params(arch, method, args, target, seed, name, epochs, schedule="onecycle",
+                                 warmup_epochs=epochs / 5, flip=flip)
+                _log(client, exp_id, name, params, _tags(experiment, arch, method, name, args, target, keys), hist,
+                     _finals(hist, arch, method, counts), "FINISHED", START + 1_000_000 * k,
+                     breakdown(arch, method, args, counts[0]))
+                k += 1
     return uri
 
 
