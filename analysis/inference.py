@@ -15,6 +15,8 @@ p-values.  A difference is *resolved* only when its adjusted interval excludes z
   interval.
 - How a gap changes with the training length comes from one model over every training length of
   the experiment and architecture, with one block per (training length, seed).
+- `GapTrend`: the plain − CSG gap as a line in log2(epochs), from one model over the plain and CSG
+  runs of one recipe at several lengths, with its slope and the gap it extrapolates to.
 - `Model.spread` is the diagnostic for the pooled model's one-variance assumption (Brown–Forsythe).
 - `spearman` gives an exact permutation p-value for small samples.
 """
@@ -33,6 +35,8 @@ from statsmodels.tools.sm_exceptions import SingularMatrixWarning
 
 CONFIDENCE = 0.95
 FORMULA = "y ~ C(config) + C(seed)"
+# each (training length, seed) block its own level; CSG's offset from plain a line in log2(epochs)
+TREND_FORMULA = "y ~ C(block) + is_csg + is_csg:log2_epochs"
 SPREAD_ALPHA = 0.05     # the Brown–Forsythe test flags unequal spread below this p
 EXACT_MAX_N = 8         # Spearman: every ordering up to 8! = 40,320; seeded resampling above
 
@@ -66,9 +70,53 @@ def training_length(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(np.nan, index=frame.index)
 
 
-def _fmt_epochs(values) -> str:
-    vals = sorted({int(v) for v in values if v is not None and not math.isnan(v)})
-    return " and ".join(str(v) for v in vals) if vals else "an unknown number of"
+def fmt_epochs(values) -> str:
+    vals = [str(v) for v in sorted({int(v) for v in values if v is not None and not math.isnan(v)})]
+    if not vals:
+        return "an unknown number of"
+    return vals[0] if len(vals) == 1 else ", ".join(vals[:-1]) + " and " + vals[-1]
+
+
+def _design(formula: str, data: pd.DataFrame):
+    """The OLS model of `formula` on `data`, its residual degrees of freedom, and its fit where it has some."""
+    ols = smf.ols(formula, data=data)
+    df_resid = int(len(data) - np.linalg.matrix_rank(ols.exog))
+    fit = None
+    if df_resid >= 1:
+        with warnings.catch_warnings():
+            # a rank-deficient design is expected: over training lengths by construction (each length
+            # is its own set of blocks), and wherever configurations share no seed; estimability is
+            # decided for each contrast (`_rowspace`)
+            warnings.simplefilter("ignore", SingularMatrixWarning)
+            fit = ols.fit()
+    return ols, df_resid, fit
+
+
+def _rowspace(ols) -> np.ndarray:
+    """The projection onto the row space of the design: a contrast is estimable iff its vector lies in it."""
+    return np.linalg.pinv(ols.exog) @ ols.exog
+
+
+def simultaneous(fit, vectors: list[np.ndarray], df_resid: int) -> list[dict]:
+    """A `t_test` of each contrast vector on `fit`, with Bonferroni-simultaneous intervals over all of them."""
+    m = len(vectors)
+    tests = [fit.t_test(L) for L in vectors]
+    p = np.array([float(np.squeeze(t.pvalue)) for t in tests])
+    p_adj = multipletests(p, alpha=1 - CONFIDENCE, method="bonferroni")[1]
+    out = []
+    for t, pi, qi in zip(tests, p, p_adj):
+        lo, hi = t.conf_int(alpha=(1 - CONFIDENCE) / m)[0]
+        out.append(dict(estimate=float(np.squeeze(t.effect)), se=float(np.squeeze(t.sd)), df=float(df_resid),
+                        p=float(pi), p_adj=float(qi), m=m, ci_low=float(lo), ci_high=float(hi),
+                        resolved=bool(lo > 0 or hi < 0)))
+    return out
+
+
+def no_result(label: str, model: str, epochs: list, reason: str = "", estimate: float = math.nan) -> dict:
+    """A contrast's result before (or without) an interval."""
+    return {"label": label, "model": model, "epochs": epochs, "estimate": estimate, "se": math.nan, "df": math.nan,
+            "p": math.nan, "p_adj": math.nan, "m": 0, "ci_low": math.nan, "ci_high": math.nan, "resolved": False,
+            "reason": reason}
 
 
 class Model:
@@ -86,17 +134,9 @@ class Model:
         self.fit, self.df_resid = None, 0
         self.reason = "no finished run has this metric"
         if len(self.data):
-            ols = smf.ols(FORMULA, data=self.data)
-            self.df_resid = int(len(self.data) - np.linalg.matrix_rank(ols.exog))
-            if self.df_resid >= 1:
-                with warnings.catch_warnings():
-                    # a rank-deficient design is expected: over training lengths by construction (each length
-                    # is its own set of blocks), and wherever configurations share no seed; `estimable`
-                    # decides for each contrast whether the data determine it
-                    warnings.simplefilter("ignore", SingularMatrixWarning)
-                    self.fit = ols.fit()
-                # the row space of the design: a contrast is estimable iff its vector lies in it
-                self._rowspace = np.linalg.pinv(ols.exog) @ ols.exog
+            ols, self.df_resid, self.fit = _design(FORMULA, self.data)
+            if self.fit is not None:
+                self._rowspace = _rowspace(ols)
             else:
                 self.reason = (f"the model for {label} has no residual degrees of freedom: {len(self.data)} runs "
                                f"for {len(self.data) - self.df_resid} parameters, one per configuration and seed")
@@ -164,7 +204,7 @@ class Models:
                 self.per_length.append(Model(at, metric, at["seed"], f"{where} at {int(e)} epochs", [int(e)]))
             if len(lengths) >= 2:  # a block per (training length, seed): the seeds' luck is not shared across lengths
                 blocks = g["_epochs"].astype("Int64").astype(str) + ":" + g["seed"].astype(str)
-                self.over_lengths.append(Model(g, metric, blocks, f"{where} over {_fmt_epochs(lengths)} epochs",
+                self.over_lengths.append(Model(g, metric, blocks, f"{where} over {fmt_epochs(lengths)} epochs",
                                                [int(e) for e in lengths]))
 
     def model_for(self, wanted: Wanted) -> Model | None:
@@ -183,9 +223,7 @@ class Models:
         results, tested = [], {}
         for w in wanted:
             model = self.model_for(w)
-            res = {"label": w.label, "model": model.label if model else "", "epochs": model.epochs if model else [],
-                   "estimate": math.nan, "se": math.nan, "df": math.nan, "p": math.nan, "p_adj": math.nan, "m": 0,
-                   "ci_low": math.nan, "ci_high": math.nan, "resolved": False, "reason": ""}
+            res = no_result(w.label, model.label if model else "", model.epochs if model else [])
             if model is None:
                 res["reason"] = "the configurations were not run in one experiment on one architecture"
             elif model.fit is None:
@@ -199,15 +237,8 @@ class Models:
             res["estimate"] = self._difference_of_means(w)  # replaced by the model's estimate where it has one
             results.append(res)
         for model, items in tested.values():
-            m = len(items)
-            tests = [model.fit.t_test(L) for _, L in items]
-            p = np.array([float(np.squeeze(t.pvalue)) for t in tests])
-            p_adj = multipletests(p, alpha=1 - CONFIDENCE, method="bonferroni")[1]
-            for (i, _), t, pi, qi in zip(items, tests, p, p_adj):
-                lo, hi = t.conf_int(alpha=(1 - CONFIDENCE) / m)[0]
-                results[i].update(estimate=float(np.squeeze(t.effect)), se=float(np.squeeze(t.sd)),
-                                  df=float(model.df_resid), p=float(pi), p_adj=float(qi), m=m,
-                                  ci_low=float(lo), ci_high=float(hi), resolved=bool(lo > 0 or hi < 0))
+            for (i, _), res in zip(items, simultaneous(model.fit, [L for _, L in items], model.df_resid)):
+                results[i].update(res)
         return results
 
     def _difference_of_means(self, wanted: Wanted) -> float:
@@ -219,6 +250,73 @@ class Models:
                 return math.nan
             total += w * float(vals[0].mean())
         return total
+
+
+class GapTrend:
+    """The plain − CSG gap as a line in log2(epochs): one model over the plain and CSG runs of one recipe
+    linked across training lengths, `TREND_FORMULA`.
+
+    A block per (training length, seed) leaves each length's level free (and each seed's luck at it,
+    as the per-length models do); CSG's offset from plain is β_csg + β_slope · log2(epochs), so the
+    gap at e epochs is −(β_csg + β_slope · log2 e).  Its family of two contrasts, with Bonferroni
+    intervals (m = 2): `slope`, the gap's change per doubling of the epochs (−β_slope), and `at`, the
+    gap extrapolated to `at` epochs.  With two lengths the line runs through both gaps, so the residual
+    degrees of freedom are the seeds' alone and the line's straightness is not tested; without residual
+    degrees of freedom (one seed per length at two lengths) the estimates come without an interval.
+    """
+
+    def __init__(self, runs: pd.DataFrame, metric: str, label: str, at: float):
+        self.label, self.at = label, at
+        epochs = training_length(runs)
+        self.data = pd.DataFrame({
+            "y": pd.to_numeric(runs[metric], errors="coerce").to_numpy(float),
+            "is_csg": (runs["method"] == "csg").to_numpy(float),
+            "epochs": epochs.to_numpy(float),
+            "log2_epochs": np.log2(epochs.to_numpy(float)),
+            "block": (epochs.astype("Int64").astype(str) + ":" + runs["seed"].astype(str)).to_numpy(),
+        }).dropna(subset=["y", "epochs"]).reset_index(drop=True)
+        self.epochs = sorted({int(e) for e in self.data["epochs"]})
+        self.fit, self.df_resid = None, 0
+        results = [no_result("gap change per doubling of the epochs", label, self.epochs),
+                   no_result(f"gap at {at:g} epochs", label, self.epochs)]
+        if len(self.data) == 0:
+            reason = "no finished run has this metric"
+        else:
+            ols, self.df_resid, self.fit = _design(TREND_FORMULA, self.data)
+            self._names = ols.exog_names
+            vectors = [self.vector(None), self.vector(at)]
+            pinv = np.linalg.pinv(ols.exog)
+            if not all(np.allclose(L @ pinv @ ols.exog, L, atol=1e-8) for L in vectors):
+                reason = "not estimable: plain and CSG do not share a seed at two or more training lengths"
+            elif self.fit is None:
+                reason = (f"the trend model for {label} has no residual degrees of freedom: {len(self.data)} runs for "
+                          f"{len(self.data) - self.df_resid} parameters (a level per training length and seed, the "
+                          f"gap and its slope)")
+                for res, L in zip(results, vectors):  # the exact fit still gives the estimates
+                    res["estimate"] = float(L @ pinv @ ols.endog)
+            else:
+                reason = ""
+                for res, r in zip(results, simultaneous(self.fit, vectors, self.df_resid)):
+                    res.update(r)
+        for res in results:
+            res["reason"] = reason
+        self.slope, self.gap_at = results
+
+    def vector(self, epochs: float | None) -> np.ndarray:
+        """The contrast vector of the gap at `epochs`, or of its change per doubling (`epochs` None)."""
+        L = np.zeros(len(self._names))
+        L[self._names.index("is_csg:log2_epochs")] = -1.0 if epochs is None else -math.log2(epochs)
+        if epochs is not None:
+            L[self._names.index("is_csg")] = -1.0
+        return L
+
+    def gap(self, epochs, m: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fitted gap at each of `epochs` and its interval at the family's level (Bonferroni over `m`).
+
+        For drawing the line and its band: at `at` epochs this is the interval `gap_at` states."""
+        t = self.fit.t_test(np.array([self.vector(e) for e in np.atleast_1d(epochs)]))
+        ci = t.conf_int(alpha=(1 - CONFIDENCE) / m)
+        return np.ravel(t.effect), ci[:, 0], ci[:, 1]
 
 
 def spearman(x, y, resamples: int = 9999) -> dict:

@@ -388,7 +388,8 @@ def from_manifest(path: str | Path) -> Runs:
                 epochs=pd.DataFrame(columns=["run_id", "metric", "epoch", "value"]),
                 param_columns=sorted(["arch", "method", "seed", "epochs", "budget_count", "knob", "target_params",
                                       *arg_cols, *recipe]),
-                config_columns=MANIFEST_CONFIG + recipe, method_arg_columns=arg_cols, duplicates=runs[runs["superseded"]], manifest=str(path))
+                config_columns=MANIFEST_CONFIG + recipe, method_arg_columns=arg_cols,
+                duplicates=runs[runs["superseded"]], manifest=str(path))
 
 
 def only_experiment(runs: Runs, experiment: str) -> Runs:

@@ -185,3 +185,32 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
         res = res.rename(columns=RESULT_NAMES)
         out = out.join(res.add_prefix(prefix))
     return out
+
+
+def length_series(comp: pd.DataFrame, finished: pd.DataFrame, relation: str = "plain network") -> list[pd.DataFrame]:
+    """The comparison rows of one relation that follow one pair of configurations over training lengths.
+
+    A series is a CSG configuration and its partner (the plain network, or a baseline at its budget),
+    each the same configuration at every length (`across_lengths`: the same recipe, the warm-up at the
+    same share of the run), one row per length, shortest first; only series of two or more lengths.
+    """
+    if comp.empty or "across_lengths" not in finished:
+        return []
+    across = finished.groupby("group")["across_lengths"].first()
+    rows = comp[comp["relation"] == relation]
+    rows = rows.assign(_a=rows["group"].map(across), _b=rows["csg_group"].map(across),
+                       _e=pd.to_numeric(rows["epochs"], errors="coerce"))
+    out = []
+    for _, g in rows.groupby(["_a", "_b"], sort=False):
+        if g["_e"].nunique() >= 2:
+            out.append(g.sort_values("_e").drop(columns=["_a", "_b", "_e"]))
+    return out
+
+
+def gap_trend(series: pd.DataFrame, finished: pd.DataFrame, at: float) -> inference.GapTrend:
+    """The plain − CSG gap of one series (`length_series`) as a line in log2(epochs), extrapolated to `at`."""
+    first = series.iloc[0]
+    runs = finished[finished["group"].isin(set(series["group"]) | set(series["csg_group"]))]
+    lengths = inference.fmt_epochs(pd.to_numeric(series["epochs"]).tolist())
+    return inference.GapTrend(runs, HEADLINE, f"{first['arch']}, CSG {first['csg_variant']} against plain, "
+                                              f"over {lengths} epochs", at)
