@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from analysis import inference, reference, tables
+from analysis import inference, reference, stats, tables
 from analysis.load import python_value
 from analysis.reference import AUTHORS_CSG, AUTHORS_EPOCHS, csg_arg
 from study.schema import HEADLINE, method_label
@@ -114,10 +114,15 @@ class Evidence:
         self.stated.append(res)
         return res
 
+    @staticmethod
+    def comp_result(row) -> dict:
+        """A method-comparison row's contrast (method − CSG), as `inference.Models.family` gives one."""
+        return {"estimate": row["diff_vs_csg"], "ci_low": row["diff_ci_low"], "ci_high": row["diff_ci_high"],
+                "df": row["df"], "m": row["m"], "resolved": bool(row["resolved"]), "reason": row["reason"],
+                "epochs": [row["epochs"]]}
+
     def from_comp(self, row) -> dict:
-        return self.state({"estimate": row["diff_vs_csg"], "ci_low": row["diff_ci_low"], "ci_high": row["diff_ci_high"],
-                           "df": row["df"], "m": row["m"], "resolved": bool(row["resolved"]), "reason": row["reason"],
-                           "epochs": [row["epochs"]]})
+        return self.state(self.comp_result(row))
 
     def family(self, wanted: list[inference.Wanted]) -> list[dict]:
         return [self.state(r) for r in self.models.family(wanted)]
@@ -221,8 +226,8 @@ class Evidence:
         short = [a for a in sorted(set(rows["arch"])) if is_short(rows.loc[rows["arch"] == a, "epochs"].tolist())]
         lags = list(dict.fromkeys(lag for lag in map(csg_lag, short) if lag))  # once per network they logged
         if lags:
-            intro += (f" A short budget favours the plain network: the authors trained for about {AUTHORS_EPOCHS} epochs, and in "
-                      f"their own logs {'; '.join(lags)}.")
+            intro += (f" A short budget favours the plain network: the authors trained for about {AUTHORS_EPOCHS} "
+                      f"epochs, and in their own logs {'; '.join(lags)}.")
         out.append(intro)
         for _, p in rows.iterrows():
             csg = self.row(p["csg_group"])
@@ -333,25 +338,96 @@ class Evidence:
         return out
 
     def across_lengths(self) -> list[str]:
-        """How each method − CSG gap changes with the training length, where the grid ran several."""
-        if self.across.empty or self.comp.empty:
-            return []
-        rows = self.comp[self.comp["relation"] != "CSG"].copy()
-        rows["_a"], rows["_b"] = rows["group"].map(self.across), rows["csg_group"].map(self.across)
+        """How CSG's gaps change with the training length, where the grid ran one recipe at several lengths:
+        against plain, the gap at each length and its trend in log epochs; against a baseline, the change
+        of the gap from each length to the next."""
+        out = []
+        for series in stats.length_series(self.comp, self.finished):
+            out += self.gap_trend(series)
         wanted, labels = [], []
-        for _, g in rows.groupby(["_a", "_b"], sort=False):
-            g = g.assign(_e=g["epochs"].map(_num)).sort_values("_e")
+        for g in stats.length_series(self.comp, self.finished, "matched budget"):
             for (_, short), (_, long) in zip(g.iloc[:-1].iterrows(), g.iloc[1:].iterrows()):
                 wanted.append(inference.gap_change(long["group"], long["csg_group"], short["group"], short["csg_group"]))
                 labels.append((long, short))
 
         def sentence(long, short, res) -> str:
-            who = "plain" if long["relation"] == "plain network" else long["method_label"]
+            who = long["method_label"]
             trend = self.verdict(res, "the gap widens with training", "the gap narrows with training")
             return (f"{cap(when([short['epochs'], long['epochs']]))}, CSG {long['csg_variant']} ({long['arch']}) "
                     f"against {who}: ({who} − CSG) {when(long['epochs'])} minus {when(short['epochs'])} = "
                     f"{self.fmt(res)}; {trend}.")
-        return [sentence(long, short, res) for (long, short), res in zip(labels, self.family(wanted))]
+        return out + [sentence(long, short, res) for (long, short), res in zip(labels, self.family(wanted))]
+
+    def gap_trend(self, series: pd.DataFrame) -> list[str]:
+        """Plain − CSG at each training length of one recipe, its line in log2(epochs) and where the line
+        puts the gap at the authors' training length."""
+        first = series.iloc[0]
+        csg = self.row(first["csg_group"])
+        gaps = [self.comp_result(r) for _, r in series.iterrows()]  # stated already, under CSG against plain
+        lengths = [int(_num(e)) for e in series["epochs"]]
+        per_length = "; ".join(f"{when(e)}, {self.fmt(res)}, {self.verdict(res, 'plain is better', 'CSG is better')}"
+                               for e, res in zip(lengths, gaps))
+        out = [f"CSG {csg['variant']} ({csg['arch']}) against plain, one recipe at {len(lengths)} training lengths "
+               f"(the warm-up at the same share of each run). Plain − CSG at each length, from that length's model "
+               f"(as under CSG against the plain network): {per_length}."]
+        trend = stats.gap_trend(series, self.finished, AUTHORS_EPOCHS)
+        slope, at = self.state(trend.slope), self.state(trend.gap_at)
+        text = (f"{cap(when(trend.epochs))}, the gap as a straight line in log2(epochs), from one model over these "
+                f"{len(trend.data)} runs (accuracy ~ a level per (training length, seed) block + CSG + CSG × log2 "
+                f"epochs; its two contrasts, the slope and the gap at {AUTHORS_EPOCHS} epochs, one family): the gap's "
+                f"change per doubling of the epochs is {self.fmt(slope)}; {self.trend_verdict(slope, gaps)}.")
+        if len(trend.epochs) == 2:
+            text += (" With two lengths the line runs through both gaps, so that the gap is straight in log epochs "
+                     "is assumed, not tested.")
+        longest = max(trend.epochs)
+        text += (f" Extrapolated along that line to the authors' {AUTHORS_EPOCHS} epochs "
+                 f"({AUTHORS_EPOCHS / longest:.3g} times our longest run, on a log scale, from runs of at most {longest} "
+                 f"epochs: nothing here checks that the line holds beyond them), plain − CSG = {self.fmt(at)}; "
+                 f"{self.verdict(at, 'the line puts plain ahead there', 'the line puts CSG ahead there')}.")
+        theirs = self.authors_gap(csg)
+        if theirs is not None:
+            text += " " + self.against_authors_gap(at, *theirs)
+        out.append(text)
+        return out
+
+    @staticmethod
+    def trend_verdict(slope: dict, gaps: list[dict]) -> str:
+        """The slope's verdict, in words that hold whatever the signs: whose lead narrows or widens is said
+        only where every length's gap has the same sign."""
+        d = direction(slope)
+        if d == "none":
+            return "no verdict without an interval"
+        if d == "open":
+            return "not resolved (the interval spans zero): these lengths do not show the gap changing with training"
+        falls = d == "lower"
+        text = f"resolved: plain − CSG {'falls' if falls else 'rises'} as training lengthens"
+        signs = {math.copysign(1, g["estimate"]) for g in gaps if not math.isnan(g["estimate"]) and g["estimate"] != 0}
+        if signs == {1.0}:
+            text += f", so plain's lead {'narrows' if falls else 'widens'}"
+        elif signs == {-1.0}:
+            text += f", so CSG's lead {'widens' if falls else 'narrows'}"
+        return text
+
+    def authors_gap(self, csg) -> tuple[float, float] | None:
+        """The authors' plain and CSG accuracy for the network `csg` reproduces (reference/), or None."""
+        rc = reference.authors_row(self.ref, csg)
+        rp = reference.authors_row(self.ref, {"arch": csg["arch"], "method": "none"})
+        if rc is None or rp is None or math.isnan(_num(rc["accuracy"])) or math.isnan(_num(rp["accuracy"])):
+            return None
+        return float(rp["accuracy"]), float(rc["accuracy"])
+
+    @staticmethod
+    def against_authors_gap(at: dict, plain: float, csg: float) -> str:
+        gap = plain - csg
+        theirs = (f"The authors' gap at {AUTHORS_EPOCHS} epochs, {plain:.2f} − {csg:.2f} = {gap:.2f} points (one run "
+                  f"each, their recipe, best test epoch rather than our validation-selected epoch)")
+        if math.isnan(at["ci_low"]):
+            return theirs + " cannot be set against the line without an interval."
+        if gap > at["ci_high"]:
+            return theirs + " lies above the interval: the line predicts a smaller gap than theirs."
+        if gap < at["ci_low"]:
+            return theirs + " lies below the interval: the line predicts a larger gap than theirs."
+        return theirs + " lies inside the interval: the line is consistent with their gap."
 
     def paper(self) -> list[str]:
         out = []
