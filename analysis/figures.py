@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from analysis import reference  # noqa: E402
+from analysis import reference, stats  # noqa: E402
 from analysis.load import METHOD_ORDER, arch_rank, python_value  # noqa: E402
 from analysis.stats import METRIC_LABEL, counted  # noqa: E402
 from study.schema import HEADLINE, method_label  # noqa: E402
@@ -27,7 +27,7 @@ MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p"]
 METHOD_COLOR = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(METHOD_ORDER)}
 METHOD_MARKER = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(METHOD_ORDER)}
 FIGURES = ["acc_vs_params", "code_dim_sweep", "training_curves", "curves_vs_authors", "paper_vs_us",
-           "param_breakdown"]
+           "gap_vs_length", "param_breakdown"]
 CURVE_FIGURES = ("training_curves", "curves_vs_authors")  # drawn from per-epoch metrics
 
 
@@ -359,7 +359,96 @@ def paper_vs_us(table_data: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save(fig, out_dir, name)
 
 
-# -- 5. parameter breakdown -------------------------------------------------------------------------
+# -- 5. the gap against training length ----------------------------------------------------------------
+def _length_axis(ax, lengths: list[int]) -> None:
+    """A log2 axis of training lengths, labelled at the lengths drawn (ours and the authors')."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(e) for e in lengths])
+    ax.xaxis.set_minor_locator(mticker.NullLocator())
+    ax.set_xlim(min(lengths) / 1.3, max(lengths) * 1.3)
+
+
+def gap_vs_length(comp: pd.DataFrame, finished: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per recipe that ran plain and CSG at two or more lengths: accuracy against length (top) and the
+    gap with its line in log2(epochs), extrapolated to the authors' length (bottom)."""
+    name, title = "gap_vs_length", "Plain and CSG against training length, and the gap between them"
+    series = stats.length_series(comp, finished)
+    if not series:
+        return placeholder(out_dir, name, title, "no plain network and CSG configuration ran one recipe at two or "
+                                                 "more training lengths")
+    ref, at = reference.paper_reference(), reference.AUTHORS_EPOCHS
+    fig, pairs = _paired_panels(len(series), ncols=3, size=(5.4, 3.5))
+    for (top, bottom), rows in zip(pairs, series):
+        first = rows.iloc[0]
+        lengths = [int(_num(e)) for e in rows["epochs"]]
+        trend = stats.gap_trend(rows, finished, at)
+        # accuracy: each seed a small point, each length's mean a larger one on a line; plain and CSG a
+        # little apart on the axis so that their points do not hide each other
+        for method, groups, nudge in (("none", rows["group"], 0.96), ("csg", rows["csg_group"], 1.04)):
+            runs = finished[finished["group"].isin(set(groups))]
+            e = pd.to_numeric(runs["epochs"])
+            top.plot(e * nudge, runs[HEADLINE], marker(method), color=color(method), ms=3.5, alpha=0.45, ls="")
+            mean = runs.assign(_e=e).groupby("_e")[HEADLINE].mean()
+            top.plot(mean.index * nudge, mean.to_numpy(), marker=marker(method), color=color(method), ms=6, lw=1.3,
+                     label=f"{method_label(method)} (mean; small: each seed)")
+            row = {"arch": first["arch"], "method": method} if method == "none" else \
+                finished[finished["group"] == first["csg_group"]].iloc[0]
+            theirs = reference.authors_row(ref, row)
+            if theirs is not None and not math.isnan(_num(theirs["accuracy"])):
+                top.plot([at], [float(theirs["accuracy"])], marker(method), ms=8, mfc="white", mec=color(method),
+                         mew=1.5, label=f"authors' {method_label(method)}, {at} ep. (best test epoch, 1 run)")
+        top.set_title(f"{first['arch']}, CSG {first['csg_variant']} and plain")
+        top.set_ylabel("test acc. at best val. epoch (%)")
+        # the gap: each length's from its own model, the line from the trend model; the line is solid over
+        # the lengths we ran and dashed where it extrapolates
+        gap = rows["diff_vs_csg"].to_numpy(float)
+        lo, hi = rows["diff_ci_low"].to_numpy(float), rows["diff_ci_high"].to_numpy(float)
+        has, x = ~np.isnan(lo), np.array(lengths, dtype=float)
+        if has.any():
+            bottom.errorbar(x[has], gap[has], yerr=[gap[has] - lo[has], hi[has] - gap[has]], fmt="o", color="black",
+                            capsize=3, ms=5, label="plain − CSG at each length (simultaneous 95% CI)")
+        if (~has).any():
+            bottom.plot(x[~has], gap[~has], "o", color="black", mfc="white", ms=5,
+                        label="plain − CSG at a length without an interval")
+        if trend.fit is not None:
+            xs = np.geomspace(min(lengths), at, 60)
+            fitted, band_lo, band_hi = trend.gap(xs)
+            inside = xs <= max(lengths)
+            m = trend.gap_at["m"]
+            level = 100 * (1 - (1 - stats.CONFIDENCE) / m)
+            bottom.fill_between(xs, band_lo, band_hi, color=PALETTE[0], alpha=0.2, lw=0,
+                                label=f"line's {level:g}% interval at each length (Bonferroni over {m})")
+            bottom.plot(xs[inside], fitted[inside], color=PALETTE[0], lw=1.5, label="line in log2(epochs)")
+            bottom.plot(xs[~inside], fitted[~inside], color=PALETTE[0], lw=1.5, ls="--", label="extrapolated")
+        theirs = reference.authors_row(ref, finished[finished["group"] == first["csg_group"]].iloc[0])
+        plain = reference.authors_row(ref, {"arch": first["arch"], "method": "none"})
+        if theirs is not None and plain is not None:
+            bottom.plot([at], [float(plain["accuracy"]) - float(theirs["accuracy"])], "D", color=PALETTE[3], ms=7,
+                        label=f"authors' gap, {at} ep.")
+        bottom.axhline(0, color="grey", lw=0.8)
+        bottom.set_ylabel("plain − CSG (points)")
+        bottom.set_xlabel("training length (epochs, log scale)")
+        for ax in (top, bottom):
+            _length_axis(ax, sorted(set(lengths)) + [at])
+    fig.suptitle(title)
+    fig.tight_layout()
+    # one legend under the panels (in the axes it would hide the intervals): accuracy on the left, the gap
+    # on the right, each entry once
+    columns = []
+    for axes in ([t for t, _ in pairs], [b for _, b in pairs]):
+        entries = {}
+        for ax in axes:
+            entries.update({label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in entries})
+        columns.append(entries)
+    rows = max(len(c) for c in columns)
+    padded = [list(c.items()) + [(" ", plt.Line2D([], [], ls=""))] * (rows - len(c)) for c in columns]
+    items = [item for column in padded for item in column]
+    fig.legend([h for _, h in items], [label for label, _ in items], ncol=2, fontsize=7.5, frameon=False,
+               loc="upper center", bbox_to_anchor=(0.5, 0.0))
+    return save(fig, out_dir, name)
+
+
+# -- 6. parameter breakdown -------------------------------------------------------------------------
 def param_breakdown(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     from analysis.breakdown import CATEGORIES
 
@@ -386,8 +475,10 @@ def param_breakdown(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path, x: str = "budget",
-                curves: bool = True) -> list[Path]:
-    """Every figure; `curves=False` leaves out (and leaves as they are) the ones drawn from per-epoch metrics."""
+                curves: bool = True, comp: pd.DataFrame | None = None,
+                finished: pd.DataFrame | None = None) -> list[Path]:
+    """Every figure; `curves=False` leaves out (and leaves as they are) the ones drawn from per-epoch metrics.
+    `comp` and `finished`: the method comparison and the runs it came from, for the gap against length."""
     _style()
     paths = []
     paths += acc_vs_params(summary, out_dir, x)
@@ -396,5 +487,7 @@ def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path,
         paths += training_curves(summary, wide, out_dir)
         paths += curves_vs_authors(summary, wide, out_dir)
     paths += paper_vs_us(paper_table_data, out_dir)
+    paths += gap_vs_length(pd.DataFrame() if comp is None else comp,
+                           pd.DataFrame() if finished is None else finished, out_dir)
     paths += param_breakdown(breakdown_frame, out_dir)
     return paths

@@ -72,7 +72,7 @@ def _range(vals: list) -> str:
 
 
 def lists_recipe(runs: Runs) -> bool:
-    """Do the runs carry their training settings (always from the store; from a manifest written since it lists them)?"""
+    """Do the runs carry their training settings?  From the store always; from a manifest written since it lists them."""
     return bool(set(MANIFEST_RECIPE) & set(runs.config_columns))
 
 
@@ -199,7 +199,8 @@ def grid_section(runs: Runs, experiments: list[str]) -> str:
             "the other settings are not in the manifest.")
     where = ("Read from the manifest (all statuses): method arguments from the variant labels (numbers as they print "
              "them, to 6 significant digits), the training length from `epochs_completed`, the budget count and "
-             f"knob from each method's own declaration; {rest}" if runs.manifest else "Read from the runs' logged params (all statuses).")
+             f"knob from each method's own declaration; {rest}" if runs.manifest else
+             "Read from the runs' logged params (all statuses).")
     lines = [where, "",
              "| param | value(s) |", "|---|---|"]
     lines += [f"| {k} | {tables.md_escape(_fmt_values(v))} |" for k, v in constant]
@@ -244,7 +245,8 @@ def write(runs: Runs, out: Path, x: str = "budget") -> dict[str, list[Path]]:
     for t in tabs:
         written["tables"] += t.write(tab_dir)
     curves = not runs.manifest  # a manifest holds no per-epoch metrics: those figures stay as they are
-    written["figures"] = figures.all_figures(summary, wide, tabs[2].data, bd, fig_dir, x, curves=curves)
+    written["figures"] = figures.all_figures(summary, wide, tabs[2].data, bd, fig_dir, x, curves=curves, comp=comp,
+                                             finished=fin)
     kept = set() if curves else {n for n in figures.CURVE_FIGURES if (fig_dir / f"{n}.png").exists()}
 
     text = render(runs, summary, comp, tabs, skipped, x, evidence.findings(summary, comp, fin, ref), kept)
@@ -267,6 +269,13 @@ FIGURE_CAPTIONS = {
     "curves_vs_authors": "Our test-accuracy curve (mean over seeds) beside the authors' logged run, against the "
                          "fraction of training done (the lengths differ).",
     "paper_vs_us": "The authors' reported accuracy (best test epoch, one run) and parameter counts beside ours.",
+    "gap_vs_length": "Plain and CSG run with one recipe at several training lengths (log scale). Top: test accuracy "
+                     "at the best-validation epoch, each seed and each length's mean, with the authors' numbers at "
+                     "their {epochs} epochs (best test epoch, one run, their recipe). Bottom: plain − CSG at each "
+                     "length with its simultaneous 95% interval (that length's model), the line in log2(epochs) fitted "
+                     "to every run of the series, solid where we ran and dashed where it extrapolates to {epochs} "
+                     "epochs, its band at the level of the interval 'What the evidence says' states at {epochs} "
+                     "epochs, and the authors' gap.",
     "param_breakdown": "Where each network's parameters go: generator, codes, ordinary convolutions, classifier, "
                        "normalisation.",
 }
@@ -319,7 +328,7 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str], kep
     L += ["## Figures", "", "PNG and PDF under `figures/`.", ""]
     x_words = f"parameters ({figures.BUDGET_AXIS})" if x == "budget" else f"{x} parameters"
     for name in figures.FIGURES:
-        caption = FIGURE_CAPTIONS[name].format(x=x_words)
+        caption = FIGURE_CAPTIONS[name].format(x=x_words, epochs=AUTHORS_EPOCHS)
         if runs.manifest and name in figures.CURVE_FIGURES:
             if name not in kept:
                 L += [f"### {name.replace('_', ' ')}", "", caption + " Not available here: the manifest holds no "
