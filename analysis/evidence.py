@@ -384,7 +384,7 @@ class Evidence:
                  f"({AUTHORS_EPOCHS / longest:.3g} times our longest run, on a log scale, from runs of at most {longest} "
                  f"epochs: nothing here checks that the line holds beyond them), plain − CSG = {self.fmt(at)}; "
                  f"{self.verdict(at, 'the line puts plain ahead there', 'the line puts CSG ahead there')}.")
-        theirs = self.authors_gap(csg)
+        theirs = reference.authors_accuracies(self.ref, csg)
         if theirs is not None:
             text += " " + self.against_authors_gap(at, *theirs)
         out.append(text)
@@ -407,14 +407,6 @@ class Evidence:
         elif signs == {-1.0}:
             text += f", so CSG's lead {'widens' if falls else 'narrows'}"
         return text
-
-    def authors_gap(self, csg) -> tuple[float, float] | None:
-        """The authors' plain and CSG accuracy for the network `csg` reproduces (reference/), or None."""
-        rc = reference.authors_row(self.ref, csg)
-        rp = reference.authors_row(self.ref, {"arch": csg["arch"], "method": "none"})
-        if rc is None or rp is None or math.isnan(_num(rc["accuracy"])) or math.isnan(_num(rp["accuracy"])):
-            return None
-        return float(rp["accuracy"]), float(rc["accuracy"])
 
     @staticmethod
     def against_authors_gap(at: dict, plain: float, csg: float) -> str:

@@ -382,6 +382,8 @@ def gap_vs_length(comp: pd.DataFrame, finished: pd.DataFrame, out_dir: Path) -> 
         first = rows.iloc[0]
         lengths = [int(_num(e)) for e in rows["epochs"]]
         trend = stats.gap_trend(rows, finished, at)
+        theirs = reference.authors_accuracies(ref, finished[finished["group"] == first["csg_group"]].iloc[0])
+        authors = dict(zip(("none", "csg"), theirs or ()))
         # accuracy: each seed a small point, each length's mean a larger one on a line; plain and CSG a
         # little apart on the axis so that their points do not hide each other
         for method, groups, nudge in (("none", rows["group"], 0.96), ("csg", rows["csg_group"], 1.04)):
@@ -391,12 +393,9 @@ def gap_vs_length(comp: pd.DataFrame, finished: pd.DataFrame, out_dir: Path) -> 
             mean = runs.assign(_e=e).groupby("_e")[HEADLINE].mean()
             top.plot(mean.index * nudge, mean.to_numpy(), marker=marker(method), color=color(method), ms=6, lw=1.3,
                      label=f"{method_label(method)} (mean; small: each seed)")
-            row = {"arch": first["arch"], "method": method} if method == "none" else \
-                finished[finished["group"] == first["csg_group"]].iloc[0]
-            theirs = reference.authors_row(ref, row)
-            if theirs is not None and not math.isnan(_num(theirs["accuracy"])):
-                top.plot([at], [float(theirs["accuracy"])], marker(method), ms=8, mfc="white", mec=color(method),
-                         mew=1.5, label=f"authors' {method_label(method)}, {at} ep. (best test epoch, 1 run)")
+            if method in authors:
+                top.plot([at], [authors[method]], marker(method), ms=8, mfc="white", mec=color(method), mew=1.5,
+                         label=f"authors' {method_label(method)}, {at} ep. (best test epoch, 1 run)")
         top.set_title(f"{first['arch']}, CSG {first['csg_variant']} and plain")
         top.set_ylabel("test acc. at best val. epoch (%)")
         # the gap: each length's from its own model, the line from the trend model; the line is solid over
@@ -414,17 +413,14 @@ def gap_vs_length(comp: pd.DataFrame, finished: pd.DataFrame, out_dir: Path) -> 
             xs = np.geomspace(min(lengths), at, 60)
             fitted, band_lo, band_hi = trend.gap(xs)
             inside = xs <= max(lengths)
-            m = trend.gap_at["m"]
+            m = trend.FAMILY
             level = 100 * (1 - (1 - stats.CONFIDENCE) / m)
             bottom.fill_between(xs, band_lo, band_hi, color=PALETTE[0], alpha=0.2, lw=0,
                                 label=f"line's {level:g}% interval at each length (Bonferroni over {m})")
             bottom.plot(xs[inside], fitted[inside], color=PALETTE[0], lw=1.5, label="line in log2(epochs)")
             bottom.plot(xs[~inside], fitted[~inside], color=PALETTE[0], lw=1.5, ls="--", label="extrapolated")
-        theirs = reference.authors_row(ref, finished[finished["group"] == first["csg_group"]].iloc[0])
-        plain = reference.authors_row(ref, {"arch": first["arch"], "method": "none"})
-        if theirs is not None and plain is not None:
-            bottom.plot([at], [float(plain["accuracy"]) - float(theirs["accuracy"])], "D", color=PALETTE[3], ms=7,
-                        label=f"authors' gap, {at} ep.")
+        if theirs is not None:
+            bottom.plot([at], [theirs[0] - theirs[1]], "D", color=PALETTE[3], ms=7, label=f"authors' gap, {at} ep.")
         bottom.axhline(0, color="grey", lw=0.8)
         bottom.set_ylabel("plain − CSG (points)")
         bottom.set_xlabel("training length (epochs, log scale)")
@@ -440,8 +436,8 @@ def gap_vs_length(comp: pd.DataFrame, finished: pd.DataFrame, out_dir: Path) -> 
         for ax in axes:
             entries.update({label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in entries})
         columns.append(entries)
-    rows = max(len(c) for c in columns)
-    padded = [list(c.items()) + [(" ", plt.Line2D([], [], ls=""))] * (rows - len(c)) for c in columns]
+    height = max(len(c) for c in columns)
+    padded = [list(c.items()) + [(" ", plt.Line2D([], [], ls=""))] * (height - len(c)) for c in columns]
     items = [item for column in padded for item in column]
     fig.legend([h for _, h in items], [label for label, _ in items], ncol=2, fontsize=7.5, frameon=False,
                loc="upper center", bbox_to_anchor=(0.5, 0.0))

@@ -259,8 +259,8 @@ class GapTrend:
     A block per (training length, seed) leaves each length's level free (and each seed's luck at it,
     as the per-length models do); CSG's offset from plain is β_csg + β_slope · log2(epochs), so the
     gap at e epochs is −(β_csg + β_slope · log2 e).  Its family of two contrasts, with Bonferroni
-    intervals (m = 2): `slope`, the gap's change per doubling of the epochs (−β_slope), and `at`, the
-    gap extrapolated to `at` epochs.  With two lengths the line runs through both gaps, so the residual
+    intervals (m = 2): `slope`, the gap's change per doubling of the epochs (−β_slope), and `gap_at`,
+    the gap extrapolated to `at` epochs.  With two lengths the line runs through both gaps, so the residual
     degrees of freedom are the seeds' alone and the line's straightness is not tested; without residual
     degrees of freedom (one seed per length at two lengths) the estimates come without an interval.
     """
@@ -310,12 +310,14 @@ class GapTrend:
             L[self._names.index("is_csg")] = -1.0
         return L
 
-    def gap(self, epochs, m: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The fitted gap at each of `epochs` and its interval at the family's level (Bonferroni over `m`).
+    FAMILY = 2  # the slope and the gap at `at`
+
+    def gap(self, epochs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fitted gap at each of `epochs` and its interval at the family's level (Bonferroni over two).
 
         For drawing the line and its band: at `at` epochs this is the interval `gap_at` states."""
         t = self.fit.t_test(np.array([self.vector(e) for e in np.atleast_1d(epochs)]))
-        ci = t.conf_int(alpha=(1 - CONFIDENCE) / m)
+        ci = t.conf_int(alpha=(1 - CONFIDENCE) / self.FAMILY)
         return np.ravel(t.effect), ci[:, 0], ci[:, 1]
 
 

@@ -75,6 +75,15 @@ def authors_row(ref: pd.DataFrame, row) -> pd.Series | None:
     return cand.iloc[0] if len(cand) else None
 
 
+def authors_accuracies(ref: pd.DataFrame, csg_row) -> tuple[float, float] | None:
+    """The authors' plain and CSG accuracy for the network the CSG configuration `csg_row` reproduces
+    (`authors_row`), or None where they reported no accuracy for either."""
+    rows = [authors_row(ref, {"arch": csg_row.get("arch"), "method": "none"}), authors_row(ref, csg_row)]
+    if any(r is None or math.isnan(_num(r["accuracy"])) for r in rows):
+        return None
+    return float(rows[0]["accuracy"]), float(rows[1]["accuracy"])
+
+
 def match(summary: pd.DataFrame, arch: str, method: str, slice_=None, code_dim=None) -> pd.Series | None:
     """Our configuration that reproduces the authors' network (arch, method, slice, code dim), or None.
 
