@@ -32,13 +32,22 @@ def _num(v) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def when(epochs) -> str:
-    """'at 10 epochs', or 'between 10 and 30 epochs' for a contrast over training lengths."""
+def when(epochs, recipe: str = "") -> str:
+    """'at 10 epochs', or 'between 10 and 30 epochs' for a contrast over training lengths; with the
+    recipe where that length ran more than one ('at 10 epochs with random flips', `stats.recipes`)."""
     vals = sorted({int(_num(e)) for e in (epochs if isinstance(epochs, (list, tuple)) else [epochs])
                    if not math.isnan(_num(e))})
     if not vals:
         return "at an unknown training length"
-    return f"at {vals[0]} epochs" if len(vals) == 1 else f"between {vals[0]} and {vals[-1]} epochs"
+    if len(vals) > 1:
+        return f"between {vals[0]} and {vals[-1]} epochs"
+    return f"at {vals[0]} epochs" + (f" with {recipe}" if recipe else "")
+
+
+def recipe_of(row) -> str:
+    """A comparison row's recipe label ('' where its length ran one recipe)."""
+    v = row.get("recipe", "")
+    return v if isinstance(v, str) else ""
 
 
 def direction(res: dict) -> str:
@@ -107,6 +116,7 @@ class Evidence:
         self.protocol = finished.groupby("group")["protocol"].first() if len(finished) else pd.Series(dtype=object)
         self.across = (finished.groupby("group")["across_lengths"].first() if "across_lengths" in finished
                        else pd.Series(dtype=object))
+        self.recipe = stats.recipes(finished)  # group -> its recipe in words, where its length ran several
         self.stated: list[dict] = []  # every contrast a sentence states, for the closing tally
 
     # -- one contrast ----------------------------------------------------------------------------
@@ -119,7 +129,7 @@ class Evidence:
         """A method-comparison row's contrast (method − CSG), as `inference.Models.family` gives one."""
         return {"estimate": row["diff_vs_csg"], "ci_low": row["diff_ci_low"], "ci_high": row["diff_ci_high"],
                 "df": row["df"], "m": row["m"], "resolved": bool(row["resolved"]), "reason": row["reason"],
-                "epochs": [row["epochs"]]}
+                "epochs": [row["epochs"]], "recipe": recipe_of(row)}
 
     def from_comp(self, row) -> dict:
         return self.state(self.comp_result(row))
@@ -232,7 +242,7 @@ class Evidence:
         for _, p in rows.iterrows():
             csg = self.row(p["csg_group"])
             res = self.from_comp(p)
-            text = (f"{cap(when(p['epochs']))}, CSG {csg['variant']} ({csg['arch']}) stores "
+            text = (f"{cap(when(p['epochs'], recipe_of(p)))}, CSG {csg['variant']} ({csg['arch']}) stores "
                     f"{tables.fmt_int(csg['params_stored'])} parameters, "
                     f"{tables.fmt_fewer(p['params_total'], csg['params_stored'])} than the plain network's "
                     f"{tables.fmt_int(p['params_total'])}, and scores {self.acc(csg)} against plain {self.acc(p)}. "
@@ -245,7 +255,7 @@ class Evidence:
 
     @staticmethod
     def claim(res: dict) -> str:
-        at = when(res["epochs"])
+        at = when(res["epochs"], res.get("recipe", ""))
         if math.isnan(res["ci_high"]):
             return f"cannot be judged {at} without an interval"
         if res["ci_high"] < CLAIM_POINTS:
@@ -258,7 +268,7 @@ class Evidence:
         out = []
         for csg_group, m in self.related("matched budget").groupby("csg_group", sort=False):
             csg = self.row(csg_group)
-            epochs = m.iloc[0]["epochs"]
+            epochs, at = m.iloc[0]["epochs"], when(m.iloc[0]["epochs"], recipe_of(m.iloc[0]))
             items, tally = [], {"higher": 0, "lower": 0, "open": 0, "none": 0}
             for _, b in m.iterrows():
                 res = self.from_comp(b)
@@ -271,11 +281,11 @@ class Evidence:
                               + f" ({b['variant']}; matched on {b['budget_count']}: {tables.fmt_int(b['params_counted'])}, "
                                 f"leaves out {tables.leaves_out(b)}): {self.acc(b)}, method − CSG = {self.fmt(res)}; {v}"
                               + (f"; {dense}" if dense else "") + "."))
-            lines = [f"{cap(when(epochs))}, at the budget of CSG {csg['variant']} "
+            lines = [f"{cap(at)}, at the budget of CSG {csg['variant']} "
                      f"({tables.fmt_int(csg['params_stored'])} stored parameters, {self.acc(csg)}), best baseline first "
                      f"(one family):"]
             lines += [f"  - {text}" for _, text in sorted(items, key=lambda t: -t[0])]
-            total = (f"  - In all {when(epochs)}: {tally['lower']} baseline(s) resolved below CSG, {tally['higher']} "
+            total = (f"  - In all {at}: {tally['lower']} baseline(s) resolved below CSG, {tally['higher']} "
                      f"above, {tally['open']} not resolved from CSG" + (f", and {tally['none']} without an interval"
                                                                          if tally["none"] else "") + ".")
             if is_short(epochs):
@@ -303,7 +313,8 @@ class Evidence:
             lo, hi = g.iloc[0], g.iloc[-1]
             steps = "; ".join(f"d = {int(r['_d'])}: {tables.fmt_int(r['params_stored'])} parameters, {self.acc(r)}"
                               for _, r in g.iterrows())
-            text = (f"{cap(when(res['epochs']))}, learned CSG on {lo['arch']}, slice {_int(python_value(lo['slice']))}, "
+            at = when(res["epochs"], self.recipe.get(lo["group"], ""))
+            text = (f"{cap(at)}, learned CSG on {lo['arch']}, slice {_int(python_value(lo['slice']))}, "
                     f"by code dimension: {steps}. Going from d = {int(lo['_d'])} to d = {int(hi['_d'])} multiplies the "
                     f"stored parameters by {hi['params_stored'] / lo['params_stored']:.2f} and changes accuracy by "
                     f"{self.fmt(res)}; {self.verdict(res, 'the larger code is better', 'the smaller code is better')}.")
@@ -331,7 +342,8 @@ class Evidence:
         results = self.family([inference.difference(r["group"], base["group"]) for r, base in pairs])
         for (r, base), res in zip(pairs, results):
             verdict = self.verdict(res, f"the {label} is better", f"the {label} costs accuracy")
-            out.append(f"{cap(when(res['epochs']))}, CSG {r['variant']} ({r['arch']}; "
+            at = when(res["epochs"], self.recipe.get(r["group"], ""))
+            out.append(f"{cap(at)}, CSG {r['variant']} ({r['arch']}; "
                        f"{tables.fmt_int(r['params_stored'])} stored parameters) scores {self.acc(r)} against "
                        f"{self.acc(base)} for {base['variant']} ({tables.fmt_int(base['params_stored'])} stored): "
                        f"{value} − {AUTHORS_CSG[key]} = {self.fmt(res)}; {verdict}.")
@@ -354,7 +366,8 @@ class Evidence:
             who = long["method_label"]
             trend = self.verdict(res, "the gap widens with training", "the gap narrows with training")
             return (f"{cap(when([short['epochs'], long['epochs']]))}, CSG {long['csg_variant']} ({long['arch']}) "
-                    f"against {who}: ({who} − CSG) {when(long['epochs'])} minus {when(short['epochs'])} = "
+                    f"against {who}: ({who} − CSG) {when(long['epochs'], recipe_of(long))} minus "
+                    f"{when(short['epochs'], recipe_of(short))} = "
                     f"{self.fmt(res)}; {trend}.")
         return out + [sentence(long, short, res) for (long, short), res in zip(labels, self.family(wanted))]
 
@@ -365,7 +378,8 @@ class Evidence:
         csg = self.row(first["csg_group"])
         gaps = [self.comp_result(r) for _, r in series.iterrows()]  # stated already, under CSG against plain
         lengths = [int(_num(e)) for e in series["epochs"]]
-        per_length = "; ".join(f"{when(e)}, {self.fmt(res)}, {self.verdict(res, 'plain is better', 'CSG is better')}"
+        per_length = "; ".join(f"{when(e, res['recipe'])}, {self.fmt(res)}, "
+                               f"{self.verdict(res, 'plain is better', 'CSG is better')}"
                                for e, res in zip(lengths, gaps))
         out = [f"CSG {csg['variant']} ({csg['arch']}) against plain, one recipe at {len(lengths)} training lengths "
                f"(the warm-up at the same share of each run). Plain − CSG at each length, from that length's model "
@@ -433,7 +447,8 @@ class Evidence:
             ours_rule = p["best_test_acc_mean"] - csg["best_test_acc_mean"]
             ours_head = p[f"{HEADLINE}_mean"] - csg[f"{HEADLINE}_mean"]
             out.append(
-                f"{cap(when(p['epochs']))} (the authors': about {AUTHORS_EPOCHS}), {csg['arch']}, CSG {csg['variant']}: the authors report plain {a_plain:.2f} and CSG {a_csg:.2f} (one "
+                f"{cap(when(p['epochs'], recipe_of(p)))} (the authors': about {AUTHORS_EPOCHS}), {csg['arch']}, "
+                f"CSG {csg['variant']}: the authors report plain {a_plain:.2f} and CSG {a_csg:.2f} (one "
                 f"run each, best test epoch), a gap of {a_plain - a_csg:.2f} points. By the same rule our means are "
                 f"{p['best_test_acc_mean']:.2f} and {csg['best_test_acc_mean']:.2f}, a gap of {ours_rule:.2f}; by "
                 f"validation-based selection the gap is {ours_head:.2f}. Ours minus theirs, by their rule: "

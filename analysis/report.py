@@ -176,7 +176,7 @@ def headline_sentences(comp: pd.DataFrame) -> list[str]:
             else:
                 test = (f"simultaneous 95% CI {tables.fmt_interval(r['diff_ci_low'], r['diff_ci_high'])}, "
                         + ("resolved" if r["resolved"] else "not resolved"))
-            out.append(f"{csg['arch']}, CSG {csg['csg_variant']}, {evidence.when(r['epochs'])}: "
+            out.append(f"{csg['arch']}, CSG {csg['csg_variant']}, {evidence.when(r['epochs'], evidence.recipe_of(r))}: "
                        f"{tables.fmt_acc_row(csg, HEADLINE)} vs plain {tables.fmt_acc_row(r, HEADLINE)} (plain − CSG = "
                        f"{tables.fmt_signed(r['diff_vs_csg'])} points; {test}) with "
                        f"{tables.fmt_fewer(r['params_total'], csg['params_stored'])} stored parameters.")

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis import inference
-from analysis.load import NOT_IN_GROUP, parse_value, python_value, sort_key_frame
+from analysis.load import MANIFEST_RECIPE, NOT_IN_GROUP, parse_value, python_value, sort_key_frame
 from study.schema import HEADLINE
 
 CONFIDENCE = inference.CONFIDENCE
@@ -119,6 +119,42 @@ def _same_target(target, csg_row, csg_names: set[str]) -> bool:
     return str(t) in csg_names or str(t).startswith("group:") and str(t)[6:] == csg_row["group"]
 
 
+# how a recipe's setting reads in a sentence, where the plain "key value" would not
+RECIPE_WORDS = {"flip": "{} flips"}
+
+
+def recipe_words(key: str, value) -> str:
+    """One training setting in words: 'random flips', 'lr 0.1'."""
+    v = python_value(value)
+    v = "none" if v is None else int(v) if isinstance(v, float) and v.is_integer() else v
+    return RECIPE_WORDS[key].format(v) if key in RECIPE_WORDS else f"{key} {v}"
+
+
+def recipes(finished: pd.DataFrame) -> dict[str, str]:
+    """Each configuration's recipe in words, where its training length ran more than one ('' elsewhere).
+
+    Within one experiment and training length, the protocols are told apart by the training settings
+    (`MANIFEST_RECIPE`) whose values differ between them: 'random flips' against 'alternating flips'.
+    A length with one protocol gets no label, so what is said about it reads as it did before any
+    study ran two recipes at one length.
+    """
+    out = dict.fromkeys(finished["group"], "") if len(finished) else {}
+    if finished.empty or "protocol" not in finished:
+        return out
+    cols = [c for c in MANIFEST_RECIPE if c in finished]
+    runs = finished.assign(_e=inference.training_length(finished),
+                           _x=finished["experiment"].astype(str) if "experiment" in finished else "")
+    for _, g in runs.groupby(["_x", "_e"], sort=False):
+        protocols = g.groupby("protocol", sort=True).first()
+        if len(protocols) < 2:
+            continue
+        differ = [c for c in cols if protocols[c].map(lambda v: repr(python_value(v))).nunique() > 1]
+        for key, row in protocols.iterrows():
+            label = ", ".join(recipe_words(c, row[c]) for c in differ) or f"protocol {key}"
+            out.update(dict.fromkeys(g.loc[g["protocol"] == key, "group"], label))
+    return out
+
+
 FAMILY_PLAIN = "CSG against the plain network"
 # a contrast's result (`inference.Models.family`) -> its column in the comparison table
 RESULT_NAMES = {"estimate": "diff_vs_csg", "ci_low": "diff_ci_low", "ci_high": "diff_ci_high", "se": "se", "df": "df",
@@ -138,6 +174,7 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
     and protocol.  `diff_vs_csg` is (method − CSG) in accuracy points, estimated by the model of
     `analysis.inference` with a simultaneous 95% interval over its family (`family`): every
     CSG-vs-plain contrast of one model, or the baselines at one CSG configuration's budget.
+    `recipe` names the protocol where its training length ran more than one (`recipes`), else ''.
     """
     rows = []
     if summary.empty:
@@ -145,6 +182,7 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
     protocol = finished.groupby("group")["protocol"].first()
     names = finished.groupby("group")["run_name"].apply(set)
     raw_targets = finished.groupby("group")["target_params"].first() if "target_params" in finished else None
+    recipe = recipes(finished)
     for _, csg in summary[summary["method"] == "csg"].iterrows():
         same = summary[(summary["arch"] == csg["arch"]) & (summary["group"] != csg["group"])]
         same = same[same["group"].map(protocol) == protocol[csg["group"]]]
@@ -157,7 +195,8 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
                 if _same_target(python_value(target), csg, names[csg["group"]]):
                     partners.append(("matched budget", other))
         for relation, other in partners:
-            row = {"arch": csg["arch"], "epochs": csg["epochs"], "csg_group": csg["group"],
+            row = {"arch": csg["arch"], "epochs": csg["epochs"], "recipe": recipe.get(csg["group"], ""),
+                   "csg_group": csg["group"],
                    "csg_variant": csg["variant"], "csg_params_stored": counted(csg, "stored"), "relation": relation,
                    "family": "" if relation == "CSG" else family_name(relation, csg["variant"]),
                    "group": other["group"], "method": other["method"], "method_label": other["method_label"],

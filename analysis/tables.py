@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis import reference
 from analysis.load import python_value
-from analysis.stats import ACC_METRICS, METRIC_LABEL, NO_INTERVAL
+from analysis.stats import ACC_METRICS, METRIC_LABEL, NO_INTERVAL, recipes
 from study.schema import HEADLINE, method_label
 
 DASH = "–"
@@ -153,11 +153,18 @@ def configurations(summary: pd.DataFrame, protocol_cols: list[str]) -> Table:
 
 
 def main_table(summary: pd.DataFrame, finished: pd.DataFrame, ref: pd.DataFrame) -> Table:
-    """The paper's main table: plain vs CSG per architecture, ours beside the authors'."""
+    """The paper's main table: plain vs CSG per architecture, ours beside the authors'.
+
+    Where the CSG configurations ran at several training lengths, an `epochs` column tells their rows
+    apart, and a `recipe` column where one length ran several recipes (`stats.recipes`)."""
     protocol = finished.groupby("group")["protocol"].first() if not finished.empty else pd.Series(dtype=object)
+    recipe = recipes(finished)
     disp, data = [], []
     if not summary.empty:
-        for _, csg in summary[summary["method"] == "csg"].iterrows():
+        rows = summary[summary["method"] == "csg"]
+        lengths = rows["epochs"].map(python_value).nunique() > 1 if "epochs" in rows else False
+        labelled = any(recipe.get(g) for g in rows["group"])
+        for _, csg in rows.iterrows():
             plains = summary[(summary["arch"] == csg["arch"]) & (summary["method"] == "none")]
             plains = plains[plains["group"].map(protocol) == protocol[csg["group"]]]
             plain = plains.sort_values("n", ascending=False, kind="stable").iloc[0] if len(plains) else None
@@ -180,9 +187,16 @@ def main_table(summary: pd.DataFrame, finished: pd.DataFrame, ref: pd.DataFrame)
                         "authors_csg_acc": rc["accuracy"] if rc is not None else math.nan,
                         "authors_metric": (rc if rc is not None else rp)["metric"] if (rc is not None or rp is not None)
                         else ""})
-            data.append(row)
+            which = {}  # the length and recipe, where rows would otherwise read alike
+            if lengths:
+                which["epochs"] = python_value(csg.get("epochs"))
+            if labelled:
+                which["recipe"] = recipe.get(csg["group"], "")
+            data.append({**{k: v for k, v in row.items() if k in ("arch", "csg_variant")}, **which,
+                         **{k: v for k, v in row.items() if k not in ("arch", "csg_variant")}})
             disp.append({
                 "arch": csg["arch"], "CSG": csg["variant"],
+                **{k: fmt_int(v) if k == "epochs" else (v or DASH) for k, v in which.items()},
                 "plain params": fmt_int(row["plain_params_total"]),
                 "CSG params (stored)": fmt_int(row["csg_params_stored"]),
                 "reduction": DASH if _nan(reduction) else f"{reduction:.2f}×",
@@ -203,6 +217,9 @@ def main_table(summary: pd.DataFrame, finished: pd.DataFrame, ref: pd.DataFrame)
              "Authors' figures: reference/paper_reference.csv (from the authors' repository; see its source column). "
              "A dash means the authors published no such number or the configuration differs from theirs: their CSG "
              "numbers sit only beside the same slice, code dimension, generator, policy and (contiguous) layout."]
+    if data and "recipe" in data[0]:
+        notes.append("'recipe' tells apart the recipes of a training length that ran more than one, by the training "
+                     "settings in which they differ (a dash where the length ran one recipe).")
     return Table("main_table", "Plain vs CSG (the paper's main table), ours beside the authors'",
                  pd.DataFrame(disp), pd.DataFrame(data), notes)
 
@@ -234,10 +251,13 @@ def fmt_resolved(r, prefix: str = "") -> str:
 
 def method_comparison(comp: pd.DataFrame) -> Table:
     disp = []
+    labelled = "recipe" in comp and comp["recipe"].fillna("").astype(bool).any()  # a length ran several recipes
     for _, r in comp.iterrows():
         contrast = r["relation"] != "CSG"
         disp.append({
-            "arch": r["arch"], "epochs": fmt_int(r["epochs"]), "CSG config": r["csg_variant"], "vs.": r["relation"],
+            "arch": r["arch"], "epochs": fmt_int(r["epochs"]),
+            **({"recipe": r["recipe"] or DASH} if labelled else {}),
+            "CSG config": r["csg_variant"], "vs.": r["relation"],
             "method": r["method_label"], "variant": r["which_variant"] or DASH, "arguments": r["variant"],
             "matched on": r["budget_count"], "leaves out": leaves_out(r),
             "params (matched count)": fmt_int(r["params_counted"]), "bytes on disk": fmt_int(r["bytes_on_disk"]),
@@ -267,7 +287,12 @@ def method_comparison(comp: pd.DataFrame) -> Table:
              "family, the baselines at one CSG configuration's budget another. 'df' is the model's residual degrees "
              "of freedom; 'p (Bonferroni)' the adjusted two-sided p; 'resolved' means the interval excludes zero; "
              "'no interval' where the model has no residual degrees of freedom or the contrast is not estimable."]
+    if labelled:
+        notes.append("'recipe' tells apart the recipes of a training length that ran more than one, by the training "
+                     "settings in which they differ (a dash where the length ran one recipe).")
     data = comp if not comp.empty else pd.DataFrame(columns=["arch", "csg_group", "relation", "group"])
+    if not labelled:
+        data = data.drop(columns=["recipe"], errors="ignore")
     return Table("method_comparison", "CSG vs the plain network and vs baselines at matched budgets",
                  pd.DataFrame(disp), data, notes)
 
