@@ -88,7 +88,8 @@ def match(summary: pd.DataFrame, arch: str, method: str, slice_=None, code_dim=N
     """Our configuration that reproduces the authors' network (arch, method, slice, code dim), or None.
 
     The same rule as `authors_row`: for CSG the authors' layout, generator and policy as well.  Among
-    several candidates the one with the most seeds, then the first in table order, wins.
+    several candidates the longest training length (the headline's, for plain and CSG alike), then the
+    most seeds, then the first in table order, wins.
     """
     if summary.empty:
         return None
@@ -97,5 +98,7 @@ def match(summary: pd.DataFrame, arch: str, method: str, slice_=None, code_dim=N
     cand = cand.loc[[i for i, r in cand.iterrows() if authors_row(one, r) is not None]]
     if cand.empty:
         return None
-    cand = cand.assign(_order=range(len(cand))).sort_values(["n", "_order"], ascending=[False, True])
+    epochs = pd.to_numeric(cand["epochs"], errors="coerce") if "epochs" in cand else math.nan
+    cand = cand.assign(_e=epochs, _order=range(len(cand))).sort_values(["_e", "n", "_order"],
+                                                                        ascending=[False, False, True])
     return cand.iloc[0]
