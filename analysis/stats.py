@@ -97,6 +97,11 @@ def summarize(finished: pd.DataFrame, protocol_cols: list[str] | None = None,
     if table.empty:
         return table
     keys = sort_key_frame(table)
+    # within a method and variant, shortest training first, and at one length the recipes in one order for
+    # every method (no-ops where every run has one length and one recipe)
+    keys["_e"] = pd.to_numeric(table["epochs"], errors="coerce").fillna(-1) if "epochs" in table else 0
+    protocol = finished.groupby("group")["protocol"].first() if "protocol" in finished else None
+    keys["_p"] = table["group"].map(protocol).astype(str) if protocol is not None else ""
     keys["_g"] = table["group"]
     order = sorted(table.index, key=lambda i: tuple(keys.loc[i]))
     return table.loc[order].reset_index(drop=True)
