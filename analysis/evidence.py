@@ -118,6 +118,7 @@ class Evidence:
                        else pd.Series(dtype=object))
         self.recipe = stats.recipes(finished)  # group -> its recipe in words, where its length ran several
         self.stated: list[dict] = []  # every contrast a sentence states, for the closing tally
+        self.trends: list[inference.GapTrend] = []  # the trend models a sentence states, for 'The model'
 
     # -- one contrast ----------------------------------------------------------------------------
     def state(self, res: dict) -> dict:
@@ -129,7 +130,7 @@ class Evidence:
         """A method-comparison row's contrast (method − CSG), as `inference.Models.family` gives one."""
         return {"estimate": row["diff_vs_csg"], "ci_low": row["diff_ci_low"], "ci_high": row["diff_ci_high"],
                 "df": row["df"], "m": row["m"], "resolved": bool(row["resolved"]), "reason": row["reason"],
-                "epochs": [row["epochs"]], "recipe": recipe_of(row)}
+                "epochs": [row["epochs"]], "recipe": recipe_of(row), "model": row.get("model", "")}
 
     def from_comp(self, row) -> dict:
         return self.state(self.comp_result(row))
@@ -182,11 +183,18 @@ class Evidence:
 
     # -- the findings ------------------------------------------------------------------------------
     def the_models(self) -> list[str]:
+        """The models the sentences rest on: one per training length, the model over lengths where a
+        sentence states one of its contrasts, and each trend model.  Called after the other findings."""
+        used = {r.get("model") for r in self.stated}
         out = []
-        for m in self.models.per_length + self.models.over_lengths:
+        for m in self.models.per_length + [m for m in self.models.over_lengths if m.label in used]:
             blocks = "seed(s)" if len(m.epochs) == 1 else "(training length, seed) blocks"
             text = (f"The model for {m.label}: {len(m.data)} runs of {len(m.configs)} configuration(s) over "
                     f"{m.data['seed'].nunique()} {blocks}; ")
+            labels = sorted({self.recipe.get(c, "") for c in m.configs} - {""})
+            if len(labels) >= 2 and len(m.epochs) == 1:
+                text += (f"its configurations ran under {len(labels)} recipes ({'; '.join(labels)}), each seed one "
+                         f"block across them; ")
             if m.fit is None:
                 out.append(text + f"no interval from it ({m.reason}).")
                 continue
@@ -194,6 +202,14 @@ class Evidence:
             if len(m.epochs) == 1:  # the per-length model is the one the spread diagnostic speaks for
                 text += " " + self.spread(m)
             out.append(text)
+        for t in self.trends:
+            text = (f"The trend model for {t.label} (accuracy ~ a level per (training length, seed) block + CSG + "
+                    f"CSG × log2 epochs): {len(t.data)} runs over {t.data['block'].nunique()} (training length, seed) "
+                    f"blocks; ")
+            if t.fit is None:
+                out.append(text + f"no interval from it ({t.slope['reason']}).")
+            else:
+                out.append(text + f"residual SD {t.sigma:.2f} points on {t.df_resid} residual degrees of freedom.")
         return out
 
     @staticmethod
@@ -385,6 +401,7 @@ class Evidence:
                f"(the warm-up at the same share of each run). Plain − CSG at each length, from that length's model "
                f"(as under CSG against the plain network): {per_length}."]
         trend = stats.gap_trend(series, self.finished, AUTHORS_EPOCHS)
+        self.trends.append(trend)
         slope, at = self.state(trend.slope), self.state(trend.gap_at)
         text = (f"{cap(when(trend.epochs))}, the gap as a straight line in log2(epochs), from one model over these "
                 f"{len(trend.data)} runs (accuracy ~ a level per (training length, seed) block + CSG + CSG × log2 "
@@ -476,14 +493,14 @@ def findings(summary: pd.DataFrame, comp: pd.DataFrame, finished: pd.DataFrame, 
     if summary.empty:
         return ["No run FINISHED, so there is no evidence yet."]
     ev = Evidence(summary, comp, finished, ref)
-    sections = [("The model", ev.the_models()),
-                ("CSG against the plain network", ev.against_plain()),
+    sections = [("CSG against the plain network", ev.against_plain()),
                 ("CSG against the baselines at equal parameters", ev.against_baselines()),
                 ("Code dimension", ev.code_dim_tradeoff()),
                 ("The random-binary generator", ev.twin("generator", "binary", "random-binary generator")),
                 ("Block against contiguous layout", ev.twin("layout", "block", "block layout")),
                 ("Across training lengths", ev.across_lengths()),
                 ("Against the paper", ev.paper())]
+    sections.insert(0, ("The model", ev.the_models()))  # last: it lists the models the sentences above used
     out = []
     for title, paragraphs in sections:
         if paragraphs:

@@ -312,6 +312,10 @@ class GapTrend:
 
     FAMILY = 2  # the slope and the gap at `at`
 
+    @property
+    def sigma(self) -> float:
+        return math.sqrt(self.fit.mse_resid) if self.fit is not None else math.nan
+
     def gap(self, epochs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The fitted gap at each of `epochs` and its interval at the family's level (Bonferroni over two).
 
