@@ -269,6 +269,74 @@ class Evidence:
             out.append(text)
         return out
 
+    def recipe_check(self) -> list[str]:
+        """Plain − CSG under each recipe run at one training length, and how much the recipe moves it: the
+        difference of the gaps, (plain − CSG) with the study's recipe − (plain − CSG) with the other, a
+        contrast of that length's model over the four configurations (one family).
+
+        The study's recipe is the one its longest runs used (the headline): the pair linked across
+        lengths (`across_lengths`) to the longest length, or to the most lengths.  Where nothing tells
+        the recipes apart that way, the first in the order of their labels is taken and not named as the
+        study's."""
+        rows = self.related("plain network")
+        if rows.empty or not any(recipe_of(r) for _, r in rows.iterrows()):
+            return []
+        exp = (self.finished.groupby("group")["experiment"].first() if "experiment" in self.finished
+               else pd.Series(dtype=object))
+        rows = rows.assign(_x=rows["csg_group"].map(exp).astype(str), _e=rows["epochs"].map(_num),
+                           _pair=[(self.across.get(a), self.across.get(b))
+                                  for a, b in zip(rows["group"], rows["csg_group"])])
+        checks = []
+        for (_, arch), g in rows.groupby(["_x", "arch"], sort=False):
+            longest = g["_e"].max()
+            spans: dict[tuple, set] = {}  # the lengths each pair of configurations (one recipe) ran at
+            for pair, e in zip(g["_pair"], g["_e"]):
+                spans.setdefault(pair, set()).add(e)
+            for _, same in g.groupby(["_e", "csg_variant", "variant"], sort=False):
+                if same["recipe"].nunique() < 2:
+                    continue
+                score = {i: (longest in spans[r["_pair"]], len(spans[r["_pair"]])) for i, r in same.iterrows()}
+                order = sorted(same.index, key=lambda i: (not score[i][0], -score[i][1], same.at[i, "recipe"]))
+                named = score[order[0]] != score[order[1]] and score[order[0]][0] and longest > same["_e"].iloc[0]
+                checks.append((same.loc[order[0]], [same.loc[i] for i in order[1:]], named, longest))
+        results = iter(self.family([inference.gap_change(new["group"], new["csg_group"], old["group"], old["csg_group"])
+                                    for new, olds, _, _ in checks for old in olds]))
+        out = []
+        for new, olds, named, longest in checks:
+            at = when(new["epochs"])
+            gaps = "; ".join(
+                f"with {recipe_of(r)}" + (f" (the recipe of the study's longest runs, {int(longest)} epochs)"
+                                          if named and r is new else "") + f", {self.fmt(self.comp_result(r))}"
+                for r in [new, *olds])
+            text = (f"{cap(at)}, CSG {new['csg_variant']} ({new['arch']}) against plain under {1 + len(olds)} recipes. "
+                    f"Plain − CSG under each, from that length's model (as under CSG against the plain network): "
+                    f"{gaps}.")
+            for old in olds:
+                res = next(results)
+                a, b = recipe_of(new), recipe_of(old)
+                text += (f" The difference of the gaps, (plain − CSG with {a}) − (plain − CSG with {b}), from the "
+                         f"model for {res['model']}, which holds all four configurations: {self.fmt(res)}; "
+                         f"{self.recipe_verdict(res, a, b, at)}.")
+            out.append(text)
+        return out
+
+    @staticmethod
+    def recipe_verdict(res: dict, new: str, old: str, at: str) -> str:
+        """Whom the recipe with `new` favours against the one with `old`, from the difference of the gaps."""
+        d = direction(res)
+        lo, hi = res["ci_low"], res["ci_high"]
+        if d == "none":
+            return "no verdict without an interval"
+        if d == "higher":
+            return (f"resolved: {at} the recipe with {new} favours plain against the one with {old}, raising "
+                    f"plain − CSG by {lo:.2f} to {hi:.2f} points")
+        if d == "lower":
+            return (f"resolved: {at} the recipe with {new} favours CSG against the one with {old}, lowering "
+                    f"plain − CSG by {-hi:.2f} to {-lo:.2f} points")
+        return (f"not resolved (the interval spans zero): {at} these runs do not show the recipe favouring either "
+                f"network, which is not evidence that it favours neither: the interval allows the recipe with {new}, "
+                f"against the one with {old}, to favour plain by up to {hi:.2f} points or CSG by up to {-lo:.2f}")
+
     @staticmethod
     def claim(res: dict) -> str:
         at = when(res["epochs"], res.get("recipe", ""))
@@ -494,6 +562,7 @@ def findings(summary: pd.DataFrame, comp: pd.DataFrame, finished: pd.DataFrame, 
         return ["No run FINISHED, so there is no evidence yet."]
     ev = Evidence(summary, comp, finished, ref)
     sections = [("CSG against the plain network", ev.against_plain()),
+                ("The recipe against another at the same length", ev.recipe_check()),
                 ("CSG against the baselines at equal parameters", ev.against_baselines()),
                 ("Code dimension", ev.code_dim_tradeoff()),
                 ("The random-binary generator", ev.twin("generator", "binary", "random-binary generator")),

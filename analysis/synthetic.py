@@ -267,7 +267,8 @@ TABLE_BUDGET = {**BUDGET, "filterprune": "total", "softshare": "total"}
 
 
 def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, seed_sd: float = 0.5, rng=0,
-              epochs: int = 10, experiment: str = "synthetic", arch: str = "resnet20") -> pd.DataFrame:
+              epochs: int = 10, experiment: str = "synthetic", arch: str = "resnet20",
+              recipes: dict[str, dict] | None = None) -> pd.DataFrame:
     """FINISHED runs as the analysis reads them, with known effects.
 
     Accuracy = means[name] + the seed's effect (one draw per seed, shared by every configuration: the
@@ -275,6 +276,10 @@ def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, s
     one list for every configuration or a dict name -> list; `rng` a seed or a numpy Generator.  Both
     headline and final accuracy get the value.  Configurations are keyed by name and training length,
     so tables with different `epochs` concatenate into one with several training lengths.
+
+    A name "plain/quick" is the configuration "plain" under the recipe "quick", a key of `recipes`
+    that gives its training settings (columns such as `flip`): each recipe its own protocol, linked
+    across lengths to the same name and recipe at another length.
     """
     from analysis.load import variant_label
     from study.schema import VARIANT_NAME_TAG, method_label
@@ -284,13 +289,18 @@ def run_table(means: dict[str, float], seeds=(0, 1, 2), noise_sd: float = 0.3, s
     every = sorted({s for v in per.values() for s in v})
     seed_effect = dict(zip(every, rng.normal(0.0, seed_sd, len(every))))
     rows = []
+    settings = sorted({k for r in (recipes or {}).values() for k in r})
     for name, mean in means.items():
-        method, args, target, (total, stored, nonzero) = TABLE_CONFIGS[name]
+        config, _, recipe = name.partition("/")
+        method, args, target, (total, stored, nonzero) = TABLE_CONFIGS[config]
+        stem = name.replace("/", "-")
         for seed in per[name]:
             acc = float(mean + seed_effect[seed] + rng.normal(0.0, noise_sd))
-            row = {"experiment": experiment, "run_name": f"{name}-e{epochs}-s{seed}", "run_id": f"{name}-{epochs}-{seed}",
+            row = {"experiment": experiment, "run_name": f"{stem}-e{epochs}-s{seed}",
+                   "run_id": f"{stem}-{epochs}-{seed}",
                    "status": "FINISHED", "superseded": False, "group": f"{name}@{epochs}",
-                   "protocol": f"{experiment}:{epochs}", "across_lengths": name, "arch": arch, "method": method,
+                   "protocol": f"{experiment}:{epochs}" + (f":{recipe}" if recipe else ""), "across_lengths": name,
+                   **{k: (recipes or {}).get(recipe, {}).get(k) for k in settings}, "arch": arch, "method": method,
                    "method_label": method_label(method), "seed": seed, "epochs": epochs, "epochs_completed": epochs,
                    "target_params": target, "budget_count": TABLE_BUDGET.get(method, "total"),
                    "method_args": json.dumps(sorted(args)), **args,
