@@ -1,9 +1,11 @@
 """The gap against training length: runs linked across lengths, the trend of the gap in log epochs, its
-sentences, its figure.
+sentences, its figure; two recipes at one length, named apart, and the difference of the gaps between them;
+the models 'The model' lists.
 
 A synthetic store shaped like the converged study (`analysis.synthetic.make_lengths_store`): plain and
 CSG 16/72 at 10, 20 and 40 epochs with the warm-up a fifth of the run, and another recipe (random flips)
-at 10 epochs; and synthetic run tables with a known gap and slope (`analysis.synthetic.run_table`).
+at 10 epochs; and synthetic run tables with a known gap and slope, or a known difference of gaps between
+two recipes (`analysis.synthetic.run_table`).
 """
 from __future__ import annotations
 
@@ -215,3 +217,180 @@ def test_the_report_of_a_length_study_states_the_trend_and_regenerates_identical
     report.write(again, tmp_path / "manifest")
     regenerated = (tmp_path / "manifest" / "REPORT.md").read_text()
     assert section in regenerated
+
+
+# -- two recipes at one training length ------------------------------------------------------------------
+# the study's recipe (the one its 40-epoch runs used) is named "new", the other "old"; their labels are
+# chosen so that the order of the words ("alternating" before "random") is not what makes "new" the study's
+NEW_OLD = {"new": {"flip": "random"}, "old": {"flip": "alternating"}}
+
+
+def recipes_table(diff: float, gap_new: float = 1.0, seeds=(0, 1), rng=0, noise_sd: float = 0.3,
+                  recipes=NEW_OLD, baselines: bool = False) -> pd.DataFrame:
+    """Plain and CSG under two recipes at 10 epochs, sharing their seeds, with a known difference of gaps
+    (plain − CSG)_new − (plain − CSG)_old = diff; and the new recipe at 40 epochs."""
+    rng = np.random.default_rng(rng)
+    ten = {"plain/new": 85.0, "csg/new": 85.0 - gap_new, "plain/old": 84.0, "csg/old": 84.0 - (gap_new - diff)}
+    forty = {"plain/new": 88.0, "csg/new": 88.0 - gap_new}
+    if baselines:
+        ten["prune/new"], forty["prune/new"] = 84.0, 87.5
+    return pd.concat([synthetic.run_table(ten, seeds=seeds, noise_sd=noise_sd, rng=rng, epochs=10, recipes=recipes),
+                      synthetic.run_table(forty, seeds=seeds, noise_sd=noise_sd, rng=rng, epochs=40, recipes=recipes)],
+                     ignore_index=True)
+
+
+def findings_of(table: pd.DataFrame) -> tuple[str, evidence.Evidence]:
+    summary, comp = stats.summarize(table, ["flip"], synthetic.ARG_COLUMNS), compare(table)
+    return "\n\n".join(evidence.findings(summary, comp, table, paper_reference())), \
+        evidence.Evidence(summary, comp, table, paper_reference())
+
+
+def recipe_difference(table: pd.DataFrame) -> dict:
+    """The difference of gaps the recipe section states."""
+    _, ev = findings_of(table)
+    assert ev.recipe_check()
+    return ev.stated[-1]
+
+
+def section(text: str, title: str) -> str:
+    start = text.index(f"**{title}.**")
+    end = text.find("\n\n**", start + 10)
+    return text[start:] if end < 0 else text[start:end]
+
+
+RECIPE_SECTION = "The recipe against another at the same length"
+
+
+def test_a_length_with_two_recipes_names_each_in_words_read_from_the_settings():
+    table = recipes_table(0.5)
+    assert stats.recipes(table) == {"plain/new@10": "random flips", "csg/new@10": "random flips",
+                                    "plain/old@10": "alternating flips", "csg/old@10": "alternating flips",
+                                    "plain/new@40": "", "csg/new@40": ""}
+    text, _ = findings_of(table)
+    plain = section(text, "CSG against the plain network")
+    for flips in ("random", "alternating"):
+        assert f"At 10 epochs with {flips} flips, CSG S16 d72 (resnet20) stores" in plain
+        assert plain.count(f"10 epochs with {flips} flips") == 2  # and the claim's verdict names it too
+    assert "At 40 epochs, CSG S16 d72 (resnet20) stores" in plain  # one recipe there: as before
+    assert "At 10 epochs with random flips (the authors': about 200)" in section(text, "Against the paper")
+    # any setting, not only the flips: recipes that differ in their learning rate
+    lr = recipes_table(0.5, recipes={"new": {"flip": "alternating", "lr": 0.2},
+                                     "old": {"flip": "alternating", "lr": 0.1}})
+    assert set(stats.recipes(lr).values()) == {"lr 0.2", "lr 0.1", ""}
+    assert "At 10 epochs with lr 0.1, CSG S16 d72" in findings_of(lr)[0]
+
+
+def test_the_tables_tell_the_recipes_of_a_length_apart_and_one_recipe_keeps_them_as_they_were():
+    from analysis import tables
+
+    table = recipes_table(0.5)
+    summary, comp = stats.summarize(table, ["flip"], synthetic.ARG_COLUMNS), compare(table)
+    main = tables.main_table(summary, table, paper_reference()).display
+    assert main[["epochs", "recipe"]].values.tolist() == [["10", "random flips"], ["10", "alternating flips"],
+                                                          ["40", "–"]]
+    disp = tables.method_comparison(comp).display
+    assert set(disp.loc[disp["epochs"] == "10", "recipe"]) == {"random flips", "alternating flips"}
+    # one length, one recipe: no such columns
+    one = lengths_table(3.0, 0.0, lengths=(10,))
+    s1, c1 = stats.summarize(one, [], synthetic.ARG_COLUMNS), compare(one)
+    assert "recipe" not in tables.method_comparison(c1).display and "recipe" not in tables.method_comparison(c1).data
+    assert not {"epochs", "recipe"} & set(tables.main_table(s1, one, paper_reference()).display.columns)
+
+
+def test_the_difference_of_gaps_is_statsmodels_own_contrast_of_that_lengths_model():
+    table = recipes_table(0.8, rng=5)
+    res = recipe_difference(table)
+    ten = table[table["epochs"] == 10]
+    fit = smf.ols(f"{HEADLINE} ~ C(group) + C(seed)", data=ten).fit()
+    names = list(fit.params.index)
+    L = np.zeros(len(names))
+    for group, w in (("plain/new@10", 1), ("csg/new@10", -1), ("plain/old@10", -1), ("csg/old@10", 1)):
+        if f"C(group)[T.{group}]" in names:
+            L[names.index(f"C(group)[T.{group}]")] = w
+    t = fit.t_test(L)
+    (lo, hi), = t.conf_int(alpha=0.05)  # a family of one
+    assert res["estimate"] == pytest.approx(float(np.squeeze(t.effect)), abs=1e-9)
+    assert [res["ci_low"], res["ci_high"]] == pytest.approx([lo, hi], abs=1e-9)
+    assert res["m"] == 1 and res["df"] == fit.df_resid == 8 - 4 - 1 and res["epochs"] == [10]
+
+
+def test_a_known_difference_of_gaps_lies_in_its_interval():
+    diff, sims = 1.5, 40
+    covered, estimates = 0, []
+    for rng in range(sims):
+        res = recipe_difference(recipes_table(diff, rng=rng))
+        covered += res["ci_low"] <= diff <= res["ci_high"]
+        estimates.append(res["estimate"])
+    assert covered >= 35, covered
+    assert np.mean(estimates) == pytest.approx(diff, abs=0.15)
+
+
+def test_a_zero_difference_of_gaps_is_seldom_resolved():
+    sims = 100
+    resolved = sum(recipe_difference(recipes_table(0.0, rng=rng))["resolved"] for rng in range(sims))
+    assert resolved <= 0.05 * sims + 2 * math.sqrt(0.05 * 0.95 * sims), resolved
+
+
+@pytest.mark.parametrize("diff, verdict", [
+    (0.0, "not resolved (the interval spans zero): at 10 epochs these runs do not show the recipe favouring either "
+          "network, which is not evidence that it favours neither: the interval allows the recipe with random flips, "
+          "against the one with alternating flips, to favour plain by up to "),
+    (3.0, "resolved: at 10 epochs the recipe with random flips favours plain against the one with alternating flips, "
+          "raising plain − CSG by "),
+    (-3.0, "resolved: at 10 epochs the recipe with random flips favours CSG against the one with alternating flips, "
+           "lowering plain − CSG by "),
+])
+def test_the_recipe_section_states_both_gaps_the_difference_and_what_its_interval_allows(diff, verdict):
+    text = section(findings_of(recipes_table(diff, seeds=(0, 1, 2), noise_sd=0.1, rng=4))[0], RECIPE_SECTION)
+    assert verdict in text, text
+    assert "against plain under 2 recipes" in text
+    # the study's recipe is the one its longest runs used, whatever the words' order
+    assert "with random flips (the recipe of the study's longest runs, 40 epochs), +" in text
+    assert "; with alternating flips, " in text
+    assert ("The difference of the gaps, (plain − CSG with random flips) − (plain − CSG with alternating flips), from "
+            "the model for resnet20 at 10 epochs, which holds all four configurations: ") in text
+    assert "(Bonferroni over 1; " in text
+
+
+def test_the_recipe_section_is_absent_where_one_recipe_ran_at_each_length():
+    table = lengths_table(3.0, -0.8)
+    text = "\n\n".join(evidence.findings(stats.summarize(table, [], synthetic.ARG_COLUMNS), compare(table), table,
+                                         paper_reference()))
+    assert RECIPE_SECTION not in text and not any(stats.recipes(table).values())
+    assert "At 10 epochs, CSG S16 d72 (resnet20) stores" in text
+
+
+# -- the models the report states ------------------------------------------------------------------------------
+def test_the_model_section_lists_the_trend_model_and_the_model_over_lengths_only_where_a_sentence_uses_it():
+    text = section(findings_of(recipes_table(0.5))[0], "The model")
+    assert "The model for resnet20 at 10 epochs: 8 runs of 4 configuration(s) over 2 seed(s); its configurations " \
+           "ran under 2 recipes (alternating flips; random flips), each seed one block across them;" in text
+    assert "The trend model for resnet20, CSG S16 d72 against plain, over 10 and 40 epochs (accuracy ~ a level per " \
+           "(training length, seed) block + CSG + CSG × log2 epochs): 8 runs over 4 (training length, seed) blocks; " \
+           "residual SD " in text and "points on 2 residual degrees of freedom." in text
+    assert "The model for resnet20 over" not in text  # no sentence uses it
+    # a baseline at two lengths: its gap's change is a contrast of the model over lengths, which is then listed
+    with_baseline = findings_of(recipes_table(0.5, baselines=True))[0]
+    assert "against pruning: (pruning − CSG) at 40 epochs minus at 10 epochs with random flips = " \
+           in section(with_baseline, "Across training lengths")
+    assert "The model for resnet20 over 10 and 40 epochs: 16 runs of 8 configuration(s) over 4 (training length, " \
+           "seed) blocks; residual SD" in section(with_baseline, "The model")
+
+
+def test_the_length_studys_report_keeps_its_two_ten_epoch_recipes_apart_and_checks_the_recipe(study, tmp_path):
+    runs, out = study
+    text = (out / "REPORT.md").read_text()
+    for flips in ("random", "alternating"):
+        assert f"- resnet20, CSG S16 d72, at 10 epochs with {flips} flips: " in text  # the headline
+        assert f"At 10 epochs with {flips} flips, CSG S16 d72 (resnet20) stores" in text
+    check = section(text, RECIPE_SECTION)
+    assert "with alternating flips (the recipe of the study's longest runs, 40 epochs), +" in check
+    assert "(plain − CSG with alternating flips) − (plain − CSG with random flips)" in check
+    models = section(text, "The model")
+    assert "The trend model for resnet20, CSG S16 d72 against plain, over 10, 20 and 40 epochs" in models
+    assert "The model for resnet20 over" not in models  # no sentence of this report uses it
+    assert "| resnet20 | S16 d72 | 10 | random flips |" in text and "| resnet20 | 10 | alternating flips | S16 d72 |" \
+        in text  # the main table and the method comparison
+    # regenerated from the manifest, which lists the flips: the same section
+    report.write(load.from_manifest(out / "manifest.csv"), tmp_path / "manifest")
+    assert check in (tmp_path / "manifest" / "REPORT.md").read_text()
