@@ -85,6 +85,13 @@ def _archs(frame: pd.DataFrame) -> list[str]:
     return sorted(frame["arch"].dropna().unique(), key=lambda a: (arch_rank(a), a))
 
 
+def panel_title(rows: pd.DataFrame, arch: str) -> str:
+    """The architecture, and the training length its configurations ran for (one, after `at_longest`)."""
+    epochs = sorted({int(e) for e in pd.to_numeric(rows.get("epochs", pd.Series(dtype=float)), errors="coerce")
+                     .dropna()})
+    return f"{arch}, {epochs[0]} epochs" if len(epochs) == 1 else arch
+
+
 def _num(v) -> float:
     v = python_value(v)
     try:
@@ -180,7 +187,7 @@ def acc_vs_params(summary: pd.DataFrame, out_dir: Path, x: str = "budget") -> li
             ax.plot(fx, fy, "o", ms=12, mfc="none", mec="black", mew=0.9, zorder=0)
         ax.set_xscale("log")
         log_count_axis(ax.xaxis)
-        ax.set_title(arch)
+        ax.set_title(panel_title(d, arch))
         counts = "each method's own count" if x == "budget" else x
         ax.set_xlabel(f"parameters ({counts}, log scale)")
         ax.set_ylabel("test accuracy at best val. epoch (%)")
@@ -241,7 +248,7 @@ def code_dim_sweep(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
             p = plain.iloc[0]
             top.axhline(p[f"{HEADLINE}_mean"], color="grey", ls="-.", lw=1, label="plain network")
             bottom.axhline(p["params_total"], color="grey", ls="-.", lw=1, label="plain network")
-        top.set_title(arch)
+        top.set_title(panel_title(da, arch))
         top.set_ylabel("test acc. at best val. epoch (%)")
         bottom.set_ylabel("parameters")
         bottom.yaxis.set_major_formatter(mticker.FuncFormatter(_short_count))
@@ -280,7 +287,7 @@ def training_curves(summary: pd.DataFrame, wide: pd.DataFrame, out_dir: Path) ->
                 if metric in c:
                     ax.plot(c["epoch"], c[metric], color=PALETTE[k % len(PALETTE)], marker=marker(g["method"]),
                             markevery=every, ms=4, lw=1.1, ls=["-", "--", "-.", ":"][(k // 10) % 4], label=label)
-        top.set_title(arch)
+        top.set_title(panel_title(groups, arch))
         top.set_ylabel("validation accuracy (%)")
         bottom.set_ylabel("test accuracy (%)")
         bottom.set_xlabel("epoch")
@@ -470,6 +477,19 @@ def param_breakdown(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save(fig, out_dir, name)
 
 
+def at_longest(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each architecture's configurations at its longest training length.
+
+    The figures that set configurations side by side compare them at one training budget: points at 10
+    and 40 epochs on one axis would read as different methods.  The shorter runs are in `gap_vs_length`
+    and in the report's tables."""
+    if summary.empty or "epochs" not in summary:
+        return summary
+    epochs = pd.to_numeric(summary["epochs"], errors="coerce")
+    longest = epochs.groupby(summary["arch"]).transform("max")
+    return summary[(epochs == longest) | longest.isna()]
+
+
 def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path, x: str = "budget",
                 curves: bool = True, comp: pd.DataFrame | None = None,
                 finished: pd.DataFrame | None = None) -> list[Path]:
@@ -477,6 +497,7 @@ def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path,
     `comp` and `finished`: the method comparison and the runs it came from, for the gap against length."""
     _style()
     paths = []
+    summary = at_longest(summary)
     paths += acc_vs_params(summary, out_dir, x)
     paths += code_dim_sweep(summary, out_dir)
     if curves:

@@ -202,6 +202,16 @@ def test_the_figure_is_drawn_for_a_series_of_lengths_and_says_so_without_one(tmp
     assert all(p.stat().st_size > 1000 for p in figures.gap_vs_length(compare(two), two, tmp_path / "c"))
 
 
+def test_the_figures_that_set_configurations_side_by_side_show_one_training_length(study):
+    runs, _ = study
+    summary = stats.summarize(runs.finished)
+    shown = figures.at_longest(summary)
+    assert set(summary["epochs"].astype(int)) == {10, 20, 40}
+    assert set(shown["epochs"].astype(int)) == {40} and set(shown["method"]) == {"none", "csg"}
+    assert figures.panel_title(shown, "resnet20") == "resnet20, 40 epochs"
+    assert figures.panel_title(summary, "resnet20") == "resnet20"
+
+
 def test_the_report_of_a_length_study_states_the_trend_and_regenerates_identically(study, tmp_path):
     runs, out = study
     text = (out / "REPORT.md").read_text()
