@@ -308,14 +308,15 @@ def render(runs: Runs, summary, comp, tabs, skipped, x, findings: list[str], kep
     heads = headline_sentences(comp)
     if heads:
         L += ["## Headline", ""] + [f"- {h}" for h in heads] + [""]
-    L += ["## What the evidence says", "", "Computed from the runs. Every contrast comes from one linear model per "
-          "experiment, architecture and training length, accuracy ~ configuration + seed (statsmodels OLS; the seed "
+    L += ["## What the evidence says", "", "Computed from the runs. Every contrast within one training length comes "
+          "from one linear model per experiment, architecture and training length, accuracy ~ configuration + seed (statsmodels OLS; the seed "
           "is a block, since it fixes the validation split, the data order and the initialisation for every method). "
           "Intervals are simultaneous 95% intervals over each family of contrasts (Bonferroni: each at level "
           "1 − 0.05/m for the m contrasts of the family), and a difference is called resolved only when its interval "
           "excludes zero. Where a configuration lacks a seed, its estimate is adjusted for that seed's effect as the "
           "other configurations show it. Where a model has no residual degrees of freedom there is no interval. "
-          "Every verdict names the training length it comes from.", ""]
+          "Every verdict names the training length it comes from; a contrast across lengths names its own model "
+          "(under 'The model').", ""]
     for f in findings:
         L += [f, ""]
     L += ["## How our protocol differs from the paper's", ""]
