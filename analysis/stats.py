@@ -125,7 +125,9 @@ def _same_target(target, csg_row, csg_names: set[str]) -> bool:
 
 
 # how a recipe's setting reads in a sentence, where the plain "key value" would not
-RECIPE_WORDS = {"flip": "{} flips"}
+RECIPE_WORDS = {"flip": "{} flips", "precision": "{}", "compile": "compile={}", "channels_last": "channels_last={}"}
+# the config fields outside the protocol that change how a configuration is computed, not what it trains
+HOW_COMPUTED = ["precision", "compile", "channels_last"]
 
 
 def recipe_words(key: str, value) -> str:
@@ -157,6 +159,16 @@ def recipes(finished: pd.DataFrame) -> dict[str, str]:
         for key, row in protocols.iterrows():
             label = ", ".join(recipe_words(c, row[c]) for c in differ) or f"protocol {key}"
             out.update(dict.fromkeys(g.loc[g["protocol"] == key, "group"], label))
+    # configurations of one protocol, method and variant that still differ were computed differently
+    # (`HOW_COMPUTED`: a precision pair); without their words they would read as one configuration twice
+    how = [c for c in HOW_COMPUTED if c in finished]
+    keys = [k for k in ("_x", "_e", "protocol", "method", "variant") if k in runs]
+    for _, g in runs.groupby(keys, sort=False, dropna=False):
+        configs = g.groupby("group", sort=True).first()
+        differ = [c for c in how if configs[c].map(lambda v: repr(python_value(v))).nunique() > 1]
+        for group, row in configs.iterrows():
+            words = [out[group]] if out[group] else []
+            out[group] = ", ".join(words + [recipe_words(c, row[c]) for c in differ])
     return out
 
 

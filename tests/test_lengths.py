@@ -290,6 +290,15 @@ def test_a_length_with_two_recipes_names_each_in_words_read_from_the_settings():
     assert "At 10 epochs with lr 0.1, CSG S16 d72" in findings_of(lr)[0]
 
 
+def test_configurations_that_differ_only_in_how_they_were_computed_are_named_by_it():
+    # the fp32/bf16 pair: one protocol (precision is not part of it), one method and variant, two configurations
+    table = synthetic.run_table({"csg/fp32": 82.5, "csg/bf16": 83.2}, seeds=(0,), epochs=10,
+                                recipes={"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}})
+    table["protocol"] = "bf16_vs_fp32:10"
+    assert stats.recipes(table) == {"csg/fp32@10": "fp32", "csg/bf16@10": "bf16"}
+    assert stats.recipes(table[table["group"] == "csg/fp32@10"]) == {"csg/fp32@10": ""}
+
+
 def test_the_tables_tell_the_recipes_of_a_length_apart_and_one_recipe_keeps_them_as_they_were():
     from analysis import tables
 
