@@ -109,6 +109,8 @@ def short_labels(frame: pd.DataFrame) -> list[str]:
         label = method_label(r["method"])
         if r["variant"] not in ("-", "") and (r["method"] == "csg" or n > 1):
             label += f" {r['variant']}"
+        if r.get("recipe"):  # a length that ran the configuration under two recipes or precisions
+            label += f", {r['recipe']}"
         out.append(label)
     return out
 
@@ -498,6 +500,8 @@ def all_figures(summary, wide, paper_table_data, breakdown_frame, out_dir: Path,
     _style()
     paths = []
     summary = at_longest(summary)
+    if finished is not None and len(summary):
+        summary = summary.assign(recipe=summary["group"].map(stats.recipes(finished)).fillna(""))
     paths += acc_vs_params(summary, out_dir, x)
     paths += code_dim_sweep(summary, out_dir)
     if curves:
