@@ -128,3 +128,18 @@ class Crash(RuntimeError):
 def without_timing(history: list[dict]) -> list[dict]:
     """A run's per-epoch history without its wall-clock entries: what must match bitwise between two runs."""
     return [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in history]
+
+
+def statsmodels_contrast(data, formula: str, weights: dict):
+    """statsmodels' own `t_test` of a contrast over the configurations (`group`: weight), fitted from scratch:
+    the reference an analysis contrast must equal."""
+    import numpy as np
+    import statsmodels.formula.api as smf
+
+    fit = smf.ols(formula, data=data).fit()
+    names = list(fit.params.index)
+    L = np.zeros(len(names))
+    for group, w in weights.items():
+        if f"C(group)[T.{group}]" in names:  # treatment coding: the reference configuration has no column
+            L[names.index(f"C(group)[T.{group}]")] = w
+    return fit.t_test(L)

@@ -14,7 +14,7 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
-from conftest import REPO
+from conftest import REPO, statsmodels_contrast
 from analysis import evidence, inference, load, stats, synthetic, tables
 from analysis.reference import paper_reference
 
@@ -105,13 +105,8 @@ def test_the_gap_across_training_lengths_is_a_contrast_of_a_model_over_lengths()
     assert res["epochs"] == [10, 30] and res["resolved"] and res["ci_high"] < 0   # the gap narrows with training
     # the same contrast from statsmodels itself, seeds blocked within each training length
     data = table.assign(block=table["epochs"].astype(str) + ":" + table["seed"].astype(str))
-    fit = smf.ols(f"{HEADLINE} ~ C(group) + C(block)", data=data).fit()
-    names = list(fit.params.index)
-    L = np.zeros(len(names))
-    for g, w in (("plain@30", 1), ("csg@30", -1), ("plain@10", -1), ("csg@10", 1)):
-        if f"C(group)[T.{g}]" in names:
-            L[names.index(f"C(group)[T.{g}]")] = w
-    t = fit.t_test(L)
+    t = statsmodels_contrast(data, f"{HEADLINE} ~ C(group) + C(block)",
+                             {"plain@30": 1, "csg@30": -1, "plain@10": -1, "csg@10": 1})
     assert res["estimate"] == pytest.approx(float(np.squeeze(t.effect)), abs=1e-9)
     assert [res["ci_low"], res["ci_high"]] == pytest.approx(list(t.conf_int(alpha=0.05)[0]), abs=1e-9)
     text = "\n\n".join(evidence.findings(stats.summarize(table, [], synthetic.ARG_COLUMNS), compare(table), table,

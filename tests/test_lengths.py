@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
+from conftest import statsmodels_contrast
 from analysis import evidence, figures, inference, load, report, stats, synthetic
 from analysis.load import MANIFEST_RECIPE, NOT_PROTOCOL
 from analysis.reference import AUTHORS_EPOCHS, paper_reference
@@ -320,17 +321,12 @@ def test_the_difference_of_gaps_is_statsmodels_own_contrast_of_that_lengths_mode
     table = recipes_table(0.8, rng=5)
     res = recipe_difference(table)
     ten = table[table["epochs"] == 10]
-    fit = smf.ols(f"{HEADLINE} ~ C(group) + C(seed)", data=ten).fit()
-    names = list(fit.params.index)
-    L = np.zeros(len(names))
-    for group, w in (("plain/new@10", 1), ("csg/new@10", -1), ("plain/old@10", -1), ("csg/old@10", 1)):
-        if f"C(group)[T.{group}]" in names:
-            L[names.index(f"C(group)[T.{group}]")] = w
-    t = fit.t_test(L)
+    t = statsmodels_contrast(ten, f"{HEADLINE} ~ C(group) + C(seed)",
+                             {"plain/new@10": 1, "csg/new@10": -1, "plain/old@10": -1, "csg/old@10": 1})
     (lo, hi), = t.conf_int(alpha=0.05)  # a family of one
     assert res["estimate"] == pytest.approx(float(np.squeeze(t.effect)), abs=1e-9)
     assert [res["ci_low"], res["ci_high"]] == pytest.approx([lo, hi], abs=1e-9)
-    assert res["m"] == 1 and res["df"] == fit.df_resid == 8 - 4 - 1 and res["epochs"] == [10]
+    assert res["m"] == 1 and res["df"] == t.df_denom == 8 - 4 - 1 and res["epochs"] == [10]
 
 
 def test_a_known_difference_of_gaps_lies_in_its_interval():
