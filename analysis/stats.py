@@ -137,6 +137,11 @@ def recipe_words(key: str, value) -> str:
     return RECIPE_WORDS[key].format(v) if key in RECIPE_WORDS else f"{key} {v}"
 
 
+def _differing(rows: pd.DataFrame, cols: list[str]) -> list[str]:
+    """The columns among `cols` whose values are not all the same over `rows`."""
+    return [c for c in cols if rows[c].map(lambda v: repr(python_value(v))).nunique() > 1]
+
+
 def recipes(finished: pd.DataFrame) -> dict[str, str]:
     """Each configuration's recipe in words, where its training length ran more than one ('' elsewhere).
 
@@ -155,7 +160,7 @@ def recipes(finished: pd.DataFrame) -> dict[str, str]:
         protocols = g.groupby("protocol", sort=True).first()
         if len(protocols) < 2:
             continue
-        differ = [c for c in cols if protocols[c].map(lambda v: repr(python_value(v))).nunique() > 1]
+        differ = _differing(protocols, cols)
         for key, row in protocols.iterrows():
             label = ", ".join(recipe_words(c, row[c]) for c in differ) or f"protocol {key}"
             out.update(dict.fromkeys(g.loc[g["protocol"] == key, "group"], label))
@@ -165,7 +170,7 @@ def recipes(finished: pd.DataFrame) -> dict[str, str]:
     keys = [k for k in ("_x", "_e", "protocol", "method", "variant") if k in runs]
     for _, g in runs.groupby(keys, sort=False, dropna=False):
         configs = g.groupby("group", sort=True).first()
-        differ = [c for c in how if configs[c].map(lambda v: repr(python_value(v))).nunique() > 1]
+        differ = _differing(configs, how)
         for group, row in configs.iterrows():
             words = [out[group]] if out[group] else []
             out[group] = ", ".join(words + [recipe_words(c, row[c]) for c in differ])
