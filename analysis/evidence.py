@@ -50,6 +50,24 @@ def recipe_of(row) -> str:
     return v if isinstance(v, str) else ""
 
 
+def apart(row) -> str:
+    """'at 10 epochs plain trained in bf16, CSG in fp32' where a comparison row's two sides trained in
+    different precisions (`stats.precisions`); '' where they trained in one, or the runs do not say."""
+    if not stats.trained_apart(row):
+        return ""
+    return (f"{when(row['epochs'], recipe_of(row))} {row['method_label']} trained in {row['precision']}, "
+            f"CSG in {row['csg_precision']}")
+
+
+def caution(rows, what: str = "this contrast") -> str:
+    """A bold caution where any of the comparison `rows` set two precisions against each other ('' else)."""
+    clauses = list(dict.fromkeys(c for c in map(apart, rows) if c))
+    if not clauses:
+        return ""
+    return (f" **Caution: {'; '.join(clauses)}. `precision: auto` resolved differently on the machines these runs "
+            f"trained on, so {what} does not separate the method from the arithmetic.**")
+
+
 def direction(res: dict) -> str:
     """'higher' or 'lower' where the interval excludes zero, 'open' where it spans it, 'none' without one."""
     if math.isnan(res["ci_low"]):
@@ -264,6 +282,7 @@ class Evidence:
                     f"{tables.fmt_int(p['params_total'])}, and scores {self.acc(csg)} against plain {self.acc(p)}. "
                     f"Plain − CSG = {self.fmt(res)}; {self.verdict(res, 'plain is better', 'CSG is better')}")
             text += " (a short budget favours plain: see above)." if is_short(p["epochs"]) else "."
+            text += caution([p])
             if reference.authors_row(self.ref, csg) is not None:
                 text += f" The paper's claim for this network, a loss under {CLAIM_POINTS:g} point, {self.claim(res)}."
             out.append(text)
@@ -317,7 +336,7 @@ class Evidence:
                 text += (f" The difference of the gaps, (plain − CSG with {a}) − (plain − CSG with {b}), from the "
                          f"model for {res['model']}, which holds all four configurations: {self.fmt(res)}; "
                          f"{self.recipe_verdict(res, a, b, at)}.")
-            out.append(text)
+            out.append(text + caution([new, *olds], "the difference of the gaps"))
         return out
 
     @staticmethod
@@ -364,7 +383,7 @@ class Evidence:
                 items.append((res["estimate"], f"{b['method_label']}" + (f", variant '{which}'" if which else "")
                               + f" ({b['variant']}; matched on {b['budget_count']}: {tables.fmt_int(b['params_counted'])}, "
                                 f"leaves out {tables.leaves_out(b)}): {self.acc(b)}, method − CSG = {self.fmt(res)}; {v}"
-                              + (f"; {dense}" if dense else "") + "."))
+                              + (f"; {dense}" if dense else "") + "." + caution([b])))
             lines = [f"{cap(at)}, at the budget of CSG {csg['variant']} "
                      f"({tables.fmt_int(csg['params_stored'])} stored parameters, {self.acc(csg)}), best baseline first "
                      f"(one family):"]
@@ -452,7 +471,7 @@ class Evidence:
             return (f"{cap(when([short['epochs'], long['epochs']]))}, CSG {long['csg_variant']} ({long['arch']}) "
                     f"against {who}: ({who} − CSG) {when(long['epochs'], recipe_of(long))} minus "
                     f"{when(short['epochs'], recipe_of(short))} = "
-                    f"{self.fmt(res)}; {trend}.")
+                    f"{self.fmt(res)}; {trend}." + caution([short, long], "this change of the gap"))
         return out + [sentence(long, short, res) for (long, short), res in zip(labels, self.family(wanted))]
 
     def gap_trend(self, series: pd.DataFrame) -> list[str]:
@@ -486,7 +505,7 @@ class Evidence:
         theirs = reference.authors_accuracies(self.ref, csg)
         if theirs is not None:
             text += " " + self.against_authors_gap(at, *theirs)
-        out.append(text)
+        out.append(text + caution([r for _, r in series.iterrows()], "the line"))
         return out
 
     @staticmethod

@@ -177,6 +177,25 @@ def recipes(finished: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def precisions(finished: pd.DataFrame) -> dict[str, str]:
+    """Each configuration's arithmetic precision as its runs logged it (`precision_used`: 'bf16', or
+    'bf16, fp32' where its seeds trained in different ones); {} where the runs do not say (a manifest).
+
+    `precision: auto` is one config value, so one configuration trains in bf16 on a CPU with AVX512-BF16
+    and in fp32 on one without: a study that spans machines can set a bf16 network against an fp32 one."""
+    if finished.empty or "precision_used" not in finished:
+        return {}
+    used = finished.groupby("group")["precision_used"].agg(
+        lambda v: ", ".join(sorted({str(x) for x in v if python_value(x) not in (None, "")})))
+    return used.to_dict() if used.astype(bool).any() else {}
+
+
+def trained_apart(row) -> bool:
+    """Whether a comparison row's two sides trained in different precisions (both known)."""
+    mine, csg = (v if isinstance(v := row.get(k), str) else "" for k in ("precision", "csg_precision"))
+    return bool(mine and csg and mine != csg and row.get("relation") != "CSG")
+
+
 FAMILY_PLAIN = "CSG against the plain network"
 # a contrast's result (`inference.Models.family`) -> its column in the comparison table
 RESULT_NAMES = {"estimate": "diff_vs_csg", "ci_low": "diff_ci_low", "ci_high": "diff_ci_high", "se": "se", "df": "df",
@@ -196,7 +215,8 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
     and protocol.  `diff_vs_csg` is (method − CSG) in accuracy points, estimated by the model of
     `analysis.inference` with a simultaneous 95% interval over its family (`family`): every
     CSG-vs-plain contrast of one model, or the baselines at one CSG configuration's budget.
-    `recipe` names the protocol where its training length ran more than one (`recipes`), else ''.
+    `recipe` names the protocol where its training length ran more than one (`recipes`), else '';
+    `precision` and `csg_precision` the precisions the two sides trained in (`precisions`), '' unknown.
     """
     rows = []
     if summary.empty:
@@ -204,7 +224,7 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
     protocol = finished.groupby("group")["protocol"].first()
     names = finished.groupby("group")["run_name"].apply(set)
     raw_targets = finished.groupby("group")["target_params"].first() if "target_params" in finished else None
-    recipe = recipes(finished)
+    recipe, precision = recipes(finished), precisions(finished)
     for _, csg in summary[summary["method"] == "csg"].iterrows():
         same = summary[(summary["arch"] == csg["arch"]) & (summary["group"] != csg["group"])]
         same = same[same["group"].map(protocol) == protocol[csg["group"]]]
@@ -224,7 +244,8 @@ def comparisons(summary: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
                    "group": other["group"], "method": other["method"], "method_label": other["method_label"],
                    "variant": other["variant"], "which_variant": other["which_variant"],
                    "budget_count": other["budget_count"] or ("stored" if other["method"] == "csg" else "total"),
-                   "n": other["n"], "seeds": other["seeds"]}
+                   "n": other["n"], "seeds": other["seeds"],
+                   "precision": precision.get(other["group"], ""), "csg_precision": precision.get(csg["group"], "")}
             row["params_counted"] = counted(other, row["budget_count"])
             for c in ("params_total", "params_stored", "params_nonzero", "params_frozen", "bytes_on_disk",
                       "bytes_sparse", "bytes_sparse_index"):

@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis import reference
 from analysis.load import python_value
-from analysis.stats import ACC_METRICS, METRIC_LABEL, NO_INTERVAL, recipes
+from analysis.stats import ACC_METRICS, METRIC_LABEL, NO_INTERVAL, recipes, trained_apart
 from study.schema import HEADLINE, method_label
 
 DASH = "–"
@@ -252,11 +252,14 @@ def fmt_resolved(r, prefix: str = "") -> str:
 def method_comparison(comp: pd.DataFrame) -> Table:
     disp = []
     labelled = "recipe" in comp and comp["recipe"].fillna("").astype(bool).any()  # a length ran several recipes
+    # a comparison whose two sides trained in different precisions (a study that spanned machines)
+    mixed = any(trained_apart(r) for _, r in comp.iterrows())
     for _, r in comp.iterrows():
         contrast = r["relation"] != "CSG"
         disp.append({
             "arch": r["arch"], "epochs": fmt_int(r["epochs"]),
             **({"recipe": r["recipe"] or DASH} if labelled else {}),
+            **({"trained in": r["precision"] or DASH} if mixed else {}),
             "CSG config": r["csg_variant"], "vs.": r["relation"],
             "method": r["method_label"], "variant": r["which_variant"] or DASH, "arguments": r["variant"],
             "matched on": r["budget_count"], "leaves out": leaves_out(r),
@@ -290,9 +293,16 @@ def method_comparison(comp: pd.DataFrame) -> Table:
     if labelled:
         notes.append("'recipe' tells apart the recipes of a training length that ran more than one, by the training "
                      "settings in which they differ (a dash where the length ran one recipe).")
+    if mixed:
+        notes.append("'trained in' is the arithmetic precision of each configuration's runs (their `precision_used`), "
+                     "shown because some comparison sets one precision against another: `precision: auto` trains in "
+                     "bf16 on a CPU with AVX512-BF16 or AMX and in fp32 on one without, so such a Δ mixes the method "
+                     "with the arithmetic.")
     data = comp if not comp.empty else pd.DataFrame(columns=["arch", "csg_group", "relation", "group"])
     if not labelled:
         data = data.drop(columns=["recipe"], errors="ignore")
+    if not mixed:
+        data = data.drop(columns=["precision", "csg_precision"], errors="ignore")
     return Table("method_comparison", "CSG vs the plain network and vs baselines at matched budgets",
                  pd.DataFrame(disp), data, notes)
 

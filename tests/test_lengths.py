@@ -300,6 +300,31 @@ def test_configurations_that_differ_only_in_how_they_were_computed_are_named_by_
     assert stats.recipes(table[table["group"] == "csg/fp32@10"]) == {"csg/fp32@10": ""}
 
 
+def test_a_comparison_whose_sides_trained_in_two_precisions_says_so_and_one_precision_reads_as_before():
+    # `precision: auto` on two machines: plain at 10 epochs in bf16, everything else in fp32
+    from analysis import tables
+
+    table = lengths_table(3.0, -0.8, lengths=(10, 40), rng=2)
+    table["precision_used"] = np.where((table["group"] == "plain@10"), "bf16", "fp32")
+    summary, comp = stats.summarize(table, [], synthetic.ARG_COLUMNS), compare(table)
+    text = "\n\n".join(evidence.findings(summary, comp, table, paper_reference()))
+    warning = "**Caution: at 10 epochs plain trained in bf16, CSG in fp32. `precision: auto` resolved differently"
+    plain = section(text, "CSG against the plain network")
+    at10, at40 = (p for p in plain.split("\n\n") if p.startswith(("At 10 epochs", "At 40 epochs")))
+    assert warning in at10 and "so this contrast does not separate the method from the arithmetic.**" in at10
+    assert "Caution" not in at40
+    assert warning in section(text, "Across training lengths") and "so the line does not separate" in text
+    disp = tables.method_comparison(comp).display
+    assert disp.loc[disp["vs."] == "plain network", ["epochs", "trained in"]].values.tolist() == [["10", "bf16"],
+                                                                                                 ["40", "fp32"]]
+    # every run in one precision (or a manifest, which does not say): no caution, no column
+    for same in (table.assign(precision_used="fp32"), table.drop(columns="precision_used")):
+        s2, c2 = stats.summarize(same, [], synthetic.ARG_COLUMNS), compare(same)
+        assert "Caution" not in "\n\n".join(evidence.findings(s2, c2, same, paper_reference()))
+        t2 = tables.method_comparison(c2)
+        assert "trained in" not in t2.display and "precision" not in t2.data
+
+
 def test_the_tables_tell_the_recipes_of_a_length_apart_and_one_recipe_keeps_them_as_they_were():
     from analysis import tables
 
