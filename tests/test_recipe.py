@@ -318,7 +318,10 @@ def test_compiled_step_matches_eager_within_bf16_tolerance(cifar):
     moved = float((flat(eager) - torch.cat([start[n].reshape(-1) for n, _ in eager.named_parameters()])).norm())
     gap = float((flat(twin) - flat(eager)).norm())
     if precision == "fp32":
-        assert gap <= 1e-3 * moved, (gap, moved)
+        # fused kernels sum in another order: on an AVX2-only AMD EPYC one fp32 step's gradients differed by
+        # ~1.2% (BatchNorm and conv weights) and the weights after 3 steps by 5% of their movement, while a
+        # wrong backward (a missing or doubled term) moves them by the order of the movement itself
+        assert gap <= 0.1 * moved, (gap, moved)
     else:
         fp32 = copy.deepcopy(eager)
         fp32.load_state_dict(start)
