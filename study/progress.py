@@ -15,7 +15,9 @@ for a grid running elsewhere.  Both write it to stderr, so stdout keeps the summ
 The ETA simulates the remaining work on the workers: each running run needs its remaining epochs at
 its own median epoch time (less the time already spent in the current epoch); each pending run needs its
 epochs at the mean epoch time of runs of the same method and architecture (else of every run); the
-pending runs go, in grid order, to whichever worker frees up first.
+pending runs go, in grid order, to whichever worker frees up first.  A study that spans machines has
+epoch times from each of them, and the machine at work now may be several times faster or slower than
+the one before it: once an epoch has been logged since the watch began, only such epochs set the pace.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class RunProgress:
     done_epochs: list[int] = field(default_factory=list)
     val_acc: dict[int, float] = field(default_factory=dict)
     epoch_seconds: dict[int, float] = field(default_factory=dict)
+    epoch_logged_at: dict[int, float] = field(default_factory=dict)  # unix seconds, per epoch
     last_epoch_at: float | None = None   # unix seconds of the newest logged epoch
     started_at: float | None = None
     reason: str = ""
@@ -60,6 +63,11 @@ class RunProgress:
     def seconds_per_epoch(self) -> float | None:
         """The median: an epoch that spanned a pause (a stopped job, a suspended machine) is an outlier."""
         return statistics.median(self.epoch_seconds.values()) if self.epoch_seconds else None
+
+    def seconds_per_epoch_since(self, since: float) -> float | None:
+        """The median over the epochs logged at or after `since` (unix seconds)."""
+        recent = [s for e, s in self.epoch_seconds.items() if self.epoch_logged_at.get(e, float("-inf")) >= since]
+        return statistics.median(recent) if recent else None
 
 
 @dataclass
@@ -111,6 +119,7 @@ class Watcher:
         self.grid = grid
         self.tracker = Tracker(tracking_uri)
         self.workers = workers  # None: as many as are running now (a grid running elsewhere)
+        self.since = time.time()  # epochs logged from now on were timed on the machines at work now
         self._final: dict[str, RunProgress] = {}  # runs that ended: their history does not change
 
     def _history(self, run_id: str, key: str) -> dict[int, tuple[float, int]]:
@@ -146,6 +155,7 @@ class Watcher:
                 p.done_epochs = sorted(e for e in val if 1 <= e <= p.epochs)
                 p.val_acc = {e: v for e, (v, _) in val.items()}
                 p.epoch_seconds = {e: v for e, (v, _) in secs.items() if 1 <= e <= p.epochs}
+                p.epoch_logged_at = {e: ts / 1000 for e, (_, ts) in secs.items() if 1 <= e <= p.epochs}
                 if val:
                     p.last_epoch_at = max(ts for _, ts in val.values()) / 1000
                 p.state = {"FINISHED": DONE, "FAILED": FAILED, "RUNNING": RUNNING}.get(run.info.status, PENDING)
@@ -154,22 +164,29 @@ class Watcher:
             rows.append(p)
         now = time.time()
         workers = self.workers or max(1, sum(r.state == RUNNING for r in rows))
-        return Snapshot(self.grid.name, rows, workers, now, estimate(rows, workers, now))
+        return Snapshot(self.grid.name, rows, workers, now, estimate(rows, workers, now, since=self.since))
 
 
-def estimate(rows: list[RunProgress], workers: int, now: float) -> float | None:
-    """Seconds until the last run ends (see the module docstring), None before any epoch is measured."""
-    measured = [r for r in rows if r.seconds_per_epoch]
+def estimate(rows: list[RunProgress], workers: int, now: float, since: float | None = None) -> float | None:
+    """Seconds until the last run ends (see the module docstring), None before any epoch is measured.
+
+    `since`: where any epoch was logged at or after it, only those epochs measure the pace."""
+    pace = {id(r): r.seconds_per_epoch for r in rows}
+    if since is not None:
+        recent = {id(r): r.seconds_per_epoch_since(since) for r in rows}
+        if any(recent.values()):
+            pace = recent
+    measured = [r for r in rows if pace[id(r)]]
     if not measured:
         return None if any(r.state in (RUNNING, PENDING) for r in rows) else 0.0
-    overall = statistics.fmean(r.seconds_per_epoch for r in measured)
+    overall = statistics.fmean(pace[id(r)] for r in measured)
     by_kind: dict[tuple[str, str], list[float]] = {}
     for r in measured:
-        by_kind.setdefault((r.arch, r.method), []).append(r.seconds_per_epoch)
+        by_kind.setdefault((r.arch, r.method), []).append(pace[id(r)])
 
     def per_epoch(r: RunProgress) -> float:
-        if r.seconds_per_epoch:
-            return r.seconds_per_epoch
+        if pace[id(r)]:
+            return pace[id(r)]
         same = by_kind.get((r.arch, r.method))
         return statistics.fmean(same) if same else overall
 

@@ -51,22 +51,53 @@ def test_the_watcher_reads_states_epochs_and_an_eta(grid_and_store):
     assert "1 done, 1 running, 0 failed, 1 pending of 3" in snap.headline()
 
 
-def test_the_eta_schedules_pending_runs_on_the_workers():
-    from study.progress import PENDING, RUNNING, RunProgress, estimate
+def _row(state, epoch, seconds_per_epoch, method="none", logged_at=1000.0):
+    """A run of 10 planned epochs, `epoch` of them logged at `logged_at`, each timed at `seconds_per_epoch`."""
+    from study.progress import RunProgress
 
-    def run(state, epoch, spe):
-        r = RunProgress("r", str(id(object())), "resnet20", "none", 10, state)
-        r.done_epochs = list(range(1, epoch + 1))
-        r.epoch_seconds = {e: spe for e in r.done_epochs}
-        r.last_epoch_at = 1000.0
-        return r
-    rows = [run(RUNNING, 5, 10.0)] + [run(PENDING, 0, 0) for _ in range(3)]
+    r = RunProgress("r", str(id(object())), "resnet20", method, 10, state)
+    r.done_epochs = list(range(1, epoch + 1))
+    r.epoch_seconds = {e: seconds_per_epoch for e in r.done_epochs}
+    r.epoch_logged_at = {e: logged_at for e in r.done_epochs}
+    r.last_epoch_at = logged_at
+    return r
+
+
+def test_the_eta_schedules_pending_runs_on_the_workers():
+    from study.progress import PENDING, RUNNING, estimate
+
+    rows = [_row(RUNNING, 5, 10.0)] + [_row(PENDING, 0, 0) for _ in range(3)]
     assert estimate(rows, 1, 1000.0) == 50 + 3 * 100          # one worker: one after the other
     assert estimate(rows, 2, 1000.0) == 200                    # two: 100 + 100 on one, 50 + 100 on the other
-    assert estimate([run(PENDING, 0, 0)], 1, 0.0) is None      # nothing measured yet
-    paused = run(RUNNING, 5, 10.0)
+    assert estimate([_row(PENDING, 0, 0)], 1, 0.0) is None      # nothing measured yet
+    paused = _row(RUNNING, 5, 10.0)
     paused.epoch_seconds[3] = 3600.0  # the job was stopped for an hour in its third epoch
     assert estimate([paused], 1, 1000.0) == 50                 # the pause is not read as the pace
+
+
+def test_a_study_resumed_on_another_machine_is_timed_by_the_machine_at_work_now():
+    from study.progress import DONE, PENDING, RUNNING, estimate
+
+    # two runs finished on a slow machine (100 s an epoch) before the watch began at t = 5000; on this
+    # machine a resumed run has logged two epochs at 20 s since, and a run of another method waits
+    before, watch_began = 1000.0, 5000.0
+    slow = [_row(DONE, 10, 100.0, logged_at=before), _row(DONE, 10, 100.0, method="prune", logged_at=before)]
+    resumed = _row(RUNNING, 6, 100.0, logged_at=before)
+    resumed.epoch_seconds.update({7: 20.0, 8: 20.0})
+    resumed.epoch_logged_at.update({7: 5100.0, 8: 5120.0})
+    resumed.done_epochs += [7, 8]
+    resumed.last_epoch_at = 5120.0
+    waiting = _row(PENDING, 0, 0, method="prune")
+    rows = slow + [resumed, waiting]
+    # one worker at 5120: the resumed run's 2 epochs and the waiting run's 10, all at this machine's 20 s
+    assert estimate(rows, 1, 5120.0, since=watch_began) == 2 * 20 + 10 * 20
+    # without the watch's start every measurement counts: the resumed run at its median, the waiting
+    # prune run at the slow machine's 100 s
+    assert estimate(rows, 1, 5120.0) == 2 * 100 + 10 * 100
+    # a watch that began before any epoch was logged has nothing newer to go by: the same as no `since`
+    assert estimate(rows, 1, 5120.0, since=0.0) == estimate(rows, 1, 5120.0)
+    # a watch that began after the newest epoch: nothing timed yet on the machines at work now
+    assert estimate(rows, 1, 5120.0, since=6000.0) == estimate(rows, 1, 5120.0)
 
 
 def test_plain_lines_one_per_finished_epoch_and_a_rich_table(grid_and_store):
