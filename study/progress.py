@@ -195,8 +195,8 @@ def estimate(rows: list[RunProgress], workers: int, now: float, since: float | N
         if r.state != RUNNING:
             continue
         left = max(0, r.epochs - r.epoch) * per_epoch(r)
-        since = now - (r.last_epoch_at or r.started_at or now)
-        busy.append(max(0.0, left - min(since, per_epoch(r))))
+        into_epoch = now - (r.last_epoch_at or r.started_at or now)
+        busy.append(max(0.0, left - min(into_epoch, per_epoch(r))))
     free = [0.0] * max(0, workers - len(busy))
     heap = sorted(busy + free)[: max(workers, len(busy))] or [0.0]
     heapq.heapify(heap)
