@@ -62,7 +62,7 @@ class RunProgress:
     @property
     def seconds_per_epoch(self) -> float | None:
         """The median: an epoch that spanned a pause (a stopped job, a suspended machine) is an outlier."""
-        return statistics.median(self.epoch_seconds.values()) if self.epoch_seconds else None
+        return self.seconds_per_epoch_since(float("-inf"))
 
     def seconds_per_epoch_since(self, since: float) -> float | None:
         """The median over the epochs logged at or after `since` (unix seconds)."""
