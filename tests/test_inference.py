@@ -1,7 +1,7 @@
 """analysis.inference: one model for every contrast, simultaneous intervals, verdicts tied to the training length.
 
 Synthetic run tables with known effects (`analysis.synthetic.run_table`, the frame the statistics read,
-no MLflow) and the committed quick study's runs (`results/manifest.csv`).
+no MLflow) and the committed quick study's runs (`results/quick/manifest.csv`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from conftest import REPO, statsmodels_contrast
 from analysis import evidence, inference, load, stats, synthetic, tables
 from analysis.reference import paper_reference
 
-MANIFEST = REPO / "results" / "manifest.csv"
+MANIFEST = REPO / "results" / "quick" / "manifest.csv"
 HEADLINE = stats.HEADLINE
 
 
@@ -189,18 +189,18 @@ def test_the_models_estimates_and_intervals_equal_statsmodels_on_the_quick_study
     csg = comp[(comp["relation"] == "CSG") & (comp["csg_variant"] == "S16 d72")].iloc[0]["group"]
     # statsmodels, coded so that each coefficient *is* the contrast with CSG 16/72
     fit = smf.ols(f"{HEADLINE} ~ C(group, Treatment(reference='{csg}')) + C(seed)", data=fin).fit()
-    assert fit.df_resid == 7 and math.sqrt(fit.scale) == pytest.approx(0.2997, abs=1e-4)
+    assert fit.df_resid == 8 and math.sqrt(fit.scale) == pytest.approx(0.4275, abs=1e-4)
 
     def coef(group):
         return f"C(group, Treatment(reference='{csg}'))[T.{group}]"
     rows = comp[(comp["csg_group"] == csg) & (comp["relation"] == "matched budget")]
-    assert len(rows) == 6
+    assert len(rows) == 7  # the seven baselines form one family
     for _, r in rows.iterrows():
-        lo, hi = fit.conf_int(alpha=0.05 / 6).loc[coef(r["group"])]
+        lo, hi = fit.conf_int(alpha=0.05 / 7).loc[coef(r["group"])]
         assert r["diff_vs_csg"] == pytest.approx(fit.params[coef(r["group"])], abs=1e-9)
         assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((lo, hi), abs=1e-9)
-        assert r["df"] == 7 and r["m"] == 6
-        assert r["p_adj"] == pytest.approx(min(1.0, 6 * fit.pvalues[coef(r["group"])]), abs=1e-12)
+        assert r["df"] == 8 and r["m"] == 7
+        assert r["p_adj"] == pytest.approx(min(1.0, 7 * fit.pvalues[coef(r["group"])]), abs=1e-12)
         assert r["resolved"] == (lo > 0 or hi < 0)
     plain = comp[(comp["csg_group"] == csg) & (comp["relation"] == "plain network")].iloc[0]
     lo, hi = fit.conf_int(alpha=0.05 / 7).loc[coef(plain["group"])]  # seven CSG configurations against plain
@@ -210,7 +210,7 @@ def test_the_models_estimates_and_intervals_equal_statsmodels_on_the_quick_study
     fit_b = smf.ols(f"{HEADLINE} ~ C(group, Treatment(reference='{block}')) + C(seed)", data=fin).fit()
     for _, r in comp[(comp["csg_group"] == block) & (comp["relation"] == "matched budget")].iterrows():
         name = f"C(group, Treatment(reference='{block}'))[T.{r['group']}]"
-        assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx(tuple(fit_b.conf_int(alpha=0.05 / 6).loc[name]),
+        assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx(tuple(fit_b.conf_int(alpha=0.05 / 7).loc[name]),
                                                                        abs=1e-9)
 
 
@@ -241,10 +241,10 @@ def test_verdicts_name_the_training_length_and_the_claim_only_where_the_paper_re
     assert "At 10 epochs, at the budget of CSG S16 d72 (" in baselines
     assert "pruning, variant 'AGP once per epoch'" in baselines and "matched on nonzero" in baselines
     assert "it trains the unpruned network for the first 50% of training (5 of 10 epochs)" in baselines
-    assert "6 above, 0 not resolved" in baselines
+    assert "1 baseline(s) resolved below CSG, 5 above, 1 not resolved" in baselines
     code = text[text.index("**Code dimension.**"):]
     assert "(exact permutation p = 0.017, n = 5 configurations)" in code
-    assert "block − contiguous = +0.33 points" in text and "not resolved (the interval spans zero)" in text
+    assert "block − contiguous = -0.05 points" in text and "not resolved (the interval spans zero)" in text
     assert "≈" not in text and "pooled seed SD" not in text
 
 
@@ -275,12 +275,19 @@ def test_the_report_regenerates_from_the_manifest_identically_and_leaves_the_man
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
     text = (outs[0] / "REPORT.md").read_text()
-    assert "--from-manifest" in text and "**Not in the manifest.**" in text
+    # the manifest lists each run's training settings, so the protocol section restates them
+    assert "--from-manifest" in text and "**Not in the manifest.**" not in text
+    assert "lr 0.2 (authors: 0.05); schedule onecycle (authors: step)" in text
     assert not (outs[0] / "figures" / "training_curves.png").exists()
     assert "Not available here: the manifest holds no per-epoch metrics." in text
-    # the committed study's numbers come through: 22 runs, the model's 7 residual degrees of freedom
-    assert "22 FINISHED run(s) enter the statistics, in 14 configuration(s)" in text
-    assert "residual SD 0.30 points on 7 residual degrees of freedom" in text
+    # the committed study's numbers come through: 24 runs, the model's 8 residual degrees of freedom
+    assert "24 FINISHED run(s) enter the statistics, in 15 configuration(s)" in text
+    assert "residual SD 0.43 points on 8 residual degrees of freedom" in text
+    # a manifest written before it listed the training settings says so instead of restating them
+    pd.read_csv(manifest, dtype=str).drop(columns=load.MANIFEST_RECIPE).to_csv(manifest, index=False)
+    assert main(["report", "--from-manifest", str(manifest), "--out", str(tmp_path / "older")]) == 0
+    older = (tmp_path / "older" / "REPORT.md").read_text()
+    assert "**Not in the manifest.**" in older and "(authors: step)" not in older
 
 
 def test_a_bad_manifest_is_refused_in_one_line(tmp_path, capsys):

@@ -164,7 +164,7 @@ def test_backfill_fills_a_manifest_as_the_committed_one_carries_it(tmp_path):
     """The committed quick manifest was filled by `backfill-metadata --manifest`: stripping the filled
     columns from a few of its rows and filling them again gives the same bytes (list arguments and the
     structure a run ends with included)."""
-    text = (REPO / "results" / "manifest.csv").read_text()
+    text = (REPO / "results" / "quick" / "manifest.csv").read_text()
     rows = list(csv.reader(io.StringIO(text)))
     header, body = rows[0], rows[1:]
     col = {c: i for i, c in enumerate(header)}

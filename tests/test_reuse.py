@@ -135,7 +135,7 @@ def test_sources_come_first_and_the_source_hash_keys_the_dependant(tmp_path):
 def test_the_quick_studys_plain_and_csg_runs_keep_their_keys():
     """Reuse adds no CSG default: the committed quick study's plain and CSG runs are still runs of
     configs/quick.yaml under the same hashes."""
-    manifest = REPO / "results" / "manifest.csv"
+    manifest = REPO / "results" / "quick" / "manifest.csv"
     stored = {r["config_hash"] for r in csv.DictReader(io.StringIO(manifest.read_text()))
               if r["experiment"] == "quick" and r["superseded"] == "False" and r["method"] in ("none", "csg")}
     assert stored and stored <= {c.hash() for c in grid_mod.load(REPO / "configs" / "quick.yaml").runs}
