@@ -429,8 +429,15 @@ class Evidence:
             out.append(text)
         return out
 
-    def twin(self, key: str, value: str, label: str) -> list[str]:
-        """Each CSG configuration whose `key` is `value`, against the same configuration with the default."""
+    def twin(self, key: str, value: str, label: str, count: str = "stored") -> list[str]:
+        """Each CSG configuration whose `key` is `value`, against the same configuration with the default.
+        `count` is the parameter count each side is stated with: 'stored', or 'trainable' where the two
+        sides store alike and differ in what they train (a reused generator)."""
+
+        def size(r) -> str:
+            if count == "trainable":
+                return f"trains {tables.fmt_int(r['params_trainable'])} of {tables.fmt_int(r['params_total'])} parameters"
+            return f"{tables.fmt_int(r['params_stored'])} stored"
         pairs, lonely = [], []
         for _, r in self.csg_rows().iterrows():
             if csg_arg(r, key) != value:
@@ -446,9 +453,9 @@ class Evidence:
         for (r, base), res in zip(pairs, results):
             verdict = self.verdict(res, f"the {label} is better", f"the {label} costs accuracy")
             at = when(res["epochs"], self.recipe.get(r["group"], ""))
-            out.append(f"{cap(at)}, CSG {r['variant']} ({r['arch']}; "
-                       f"{tables.fmt_int(r['params_stored'])} stored parameters) scores {self.acc(r)} against "
-                       f"{self.acc(base)} for {base['variant']} ({tables.fmt_int(base['params_stored'])} stored): "
+            out.append(f"{cap(at)}, CSG {r['variant']} ({r['arch']}; {size(r)}"
+                       f"{' parameters' if count == 'stored' else ''}) scores {self.acc(r)} against "
+                       f"{self.acc(base)} for {base['variant']} ({size(base)}): "
                        f"{value} − {AUTHORS_CSG[key]} = {self.fmt(res)}; {verdict}.")
         return out
 
@@ -585,6 +592,7 @@ def findings(summary: pd.DataFrame, comp: pd.DataFrame, finished: pd.DataFrame, 
                 ("CSG against the baselines at equal parameters", ev.against_baselines()),
                 ("Code dimension", ev.code_dim_tradeoff()),
                 ("The random-binary generator", ev.twin("generator", "binary", "random-binary generator")),
+                ("Generator reuse", ev.twin("generator", "reuse", "reused generator", count="trainable")),
                 ("Block against contiguous layout", ev.twin("layout", "block", "block layout")),
                 ("Across training lengths", ev.across_lengths()),
                 ("Against the paper", ev.paper())]

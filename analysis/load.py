@@ -36,8 +36,11 @@ from study.schema import (ARCH_ORDER, CONFIG_KEYS_TAG, EPOCH_METRICS, FINAL_METR
                           args_from_variant, default_tracking_uri, method_label, parse_value)
 from study import schema
 
-# never part of a configuration's identity: the seed varies within a group, the rest is bookkeeping
-NOT_IN_GROUP = {"seed", "name", "precision_used", "workers"}
+# never part of a configuration's identity: the seed varies within a group, the rest is bookkeeping (a
+# reused generator's source config hash changes with the seed too: `generator_from` names its group)
+NOT_IN_GROUP = {"seed", "name", "precision_used", "workers", "generator_from_hash"}
+# arguments that may name another run: its budget (`target_params`) or its generator's source
+NAMES_A_RUN = ("target_params", "generator_from")
 # config fields that describe the training protocol (what must match for two methods to be compared)
 NOT_PROTOCOL = {"arch", "method", "method_args", "target_params", "seed", "name", "workers", "compile",
                 "channels_last", "precision"}
@@ -186,13 +189,12 @@ def _search_runs(client, experiment_ids: list[str]):
 
 def _group_key(params: dict[str, str], name_to_key: dict[str, str] | None = None) -> str:
     d = {k: v for k, v in params.items() if k not in NOT_IN_GROUP}
-    target = d.get("target_params")
-    if target is not None and parse_value(target) is not None and not isinstance(parse_value(target), (int, float)):
-        # a budget given as another run's name: that run's name carries its seed, its group does not
-        if name_to_key and target in name_to_key:
-            d["target_params"] = "group:" + name_to_key[target]
-        else:
-            d["target_params"] = re.sub(r"-s\d+$", "", target)
+    for key in NAMES_A_RUN:
+        other = d.get(key)
+        if other is None or parse_value(other) is None or isinstance(parse_value(other), (int, float)):
+            continue
+        # another run's name carries its seed, its group does not
+        d[key] = "group:" + name_to_key[other] if name_to_key and other in name_to_key else schema.without_seed(other)
     canon = {k: (None if parse_value(v) is None else str(v)) for k, v in d.items()}
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -131,11 +131,23 @@ def fmt_arg(v) -> str:
     return str(v)
 
 
-def variant_label(method, args: dict, target=None) -> str:
-    """A short human name for a method's arguments: 'S16 d72', 'S16 d72 binary', 'sparsity=0.5'.
+def without_seed(run_name: str) -> str:
+    """A run's name with the seed the grid's default names end in taken off ('resnet20-csg16x72-s1' ->
+    'resnet20-csg16x72'): the name of its configuration, where another run names it as its budget or its
+    generator's source (the dependant of seed s names the run of seed s)."""
+    return re.sub(r"-s\d+$", "", run_name)
 
-    `args`: plain values as read back from the params (`parse_value`); None values are left out."""
-    args = {k: v for k, v in args.items() if v is not None}
+
+def variant_label(method, args: dict, target=None) -> str:
+    """A short human name for a method's arguments: 'S16 d72', 'S16 d72 binary', 'sparsity=0.5',
+    'S16 d72 reuse generator_from=resnet20-csg16x72'.
+
+    `args`: plain values as read back from the params (`parse_value`); None values are left out.  A reused
+    generator's source is named without its seed, and the config hash the grid adds beside it is left out:
+    both change with the seed, which is not part of a configuration."""
+    args = {k: v for k, v in args.items() if v is not None and k != "generator_from_hash"}
+    if "generator_from" in args:
+        args["generator_from"] = without_seed(str(args["generator_from"]))
     if method == "csg":
         parts = []
         if "slice" in args:

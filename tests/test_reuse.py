@@ -223,6 +223,39 @@ def test_two_stage_grid_killed_between_stages_resumes_to_the_uninterrupted_resul
 
 
 @pytest.mark.slow
+def test_a_reuse_pair_over_two_seeds_is_one_configuration_beside_its_learned_twin(tmp_path, data_root):
+    """Seed s reuses the generator of source seed s, so the dependants name two source runs and two source
+    hashes; they are still one configuration of two seeds, labelled without either, and the report
+    compares it with the same network's own learned generator in a section of its own."""
+    from analysis import load
+    from analysis.__main__ import main as analysis_main
+
+    grid = tmp_path / "pair.yaml"
+    grid.write_text(yaml.safe_dump({"name": "pair", "defaults": SMALL, "grid": [
+        {"arch": "resnet20", "method": "csg", "method_args": {"slice": 16, "code_dim": 8}, "seed": [0, 1]},
+        {"arch": "resnet32", "method": "csg", "method_args": {"slice": 16, "code_dim": 8}, "seed": [0, 1]}],
+        "runs": [{**reuse(name=f"reuse-s{s}", source=f"resnet20-csg16x8-s{s}"), "seed": s} for s in (0, 1)]}))
+    done = run_grid(grid, tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    fin = load.load(uri(tmp_path), "pair").finished
+    dependants = fin[fin["run_name"].str.startswith("reuse-")]
+    assert len(dependants) == 2 and dependants["group"].nunique() == 1
+    assert set(dependants["variant"]) == {"S16 d8 reuse generator_from=resnet20-csg16x8"}
+    assert fin["group"].nunique() == 3  # the sources, ResNet-32's learned twin, the dependants
+
+    assert analysis_main(["report", "--tracking-uri", uri(tmp_path), "--experiment", "pair",
+                          "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    section = text[text.index("**Generator reuse.**"):text.index("**How firm this is.**")]
+    trained = int(dependants["params_trainable"].iloc[0])
+    assert trained == int(dependants["params_total"].iloc[0]) - 16 * 16 * 9 * 8  # all but the frozen generator
+    assert (f"CSG S16 d8 reuse generator_from=resnet20-csg16x8 (resnet32; trains {trained:,} of "
+            f"{int(dependants['params_total'].iloc[0]):,} parameters)") in section
+    assert "for S16 d8 (trains" in section and "reuse − learned = " in section and "(Bonferroni over 1;" in section
+
+
+@pytest.mark.slow
 def test_dependants_of_a_failed_source_are_skipped_and_say_why(tmp_path, data_root):
     path = write(tmp_path, "failing", [{**SOURCE, "lr": 1.0e8}, reuse(arch="resnet20")])
     done = run_grid(path, tmp_path)
