@@ -435,9 +435,13 @@ class Evidence:
         sides store alike and differ in what they train (a reused generator)."""
 
         def size(r) -> str:
-            if count == "trainable":
-                return f"trains {tables.fmt_int(r['params_trainable'])} of {tables.fmt_int(r['params_total'])} parameters"
-            return f"{tables.fmt_int(r['params_stored'])} stored"
+            said = (f"trains {tables.fmt_int(r['params_trainable'])} of {tables.fmt_int(r['params_total'])} parameters"
+                    if count == "trainable" else f"{tables.fmt_int(r['params_stored'])} stored parameters")
+            frozen = _num(r.get("params_frozen"))
+            if frozen and frozen > 0:  # how much of the network the frozen generator is decides how harsh it is
+                said += (f"; its frozen generator, {tables.fmt_int(frozen)} parameters, is "
+                         f"{100 * frozen / _num(r['params_total']):.1f}% of the network")
+            return said
         pairs, lonely = [], []
         for _, r in self.csg_rows().iterrows():
             if csg_arg(r, key) != value:
@@ -453,8 +457,7 @@ class Evidence:
         for (r, base), res in zip(pairs, results):
             verdict = self.verdict(res, f"the {label} is better", f"the {label} costs accuracy")
             at = when(res["epochs"], self.recipe.get(r["group"], ""))
-            out.append(f"{cap(at)}, CSG {r['variant']} ({r['arch']}; {size(r)}"
-                       f"{' parameters' if count == 'stored' else ''}) scores {self.acc(r)} against "
+            out.append(f"{cap(at)}, CSG {r['variant']} ({r['arch']}; {size(r)}) scores {self.acc(r)} against "
                        f"{self.acc(base)} for {base['variant']} ({size(base)}): "
                        f"{value} − {AUTHORS_CSG[key]} = {self.fmt(res)}; {verdict}.")
         return out

@@ -97,6 +97,13 @@ def _rowspace(ols) -> np.ndarray:
     return np.linalg.pinv(ols.exog) @ ols.exog
 
 
+def settled(x) -> float:
+    """`x` rounded to 1e-9 points.  A difference of two-decimal accuracies can sit exactly on a rounding
+    tie (+2.105), where the last bit of the least-squares arithmetic, which differs between CPUs, would
+    print +2.10 on one machine and +2.11 on another; rounding off that noise first prints it alike."""
+    return round(float(x), 9)
+
+
 def simultaneous(fit, vectors: list[np.ndarray], df_resid: int) -> list[dict]:
     """A `t_test` of each contrast vector on `fit`, with Bonferroni-simultaneous intervals over all of them."""
     m = len(vectors)
@@ -105,9 +112,9 @@ def simultaneous(fit, vectors: list[np.ndarray], df_resid: int) -> list[dict]:
     p_adj = multipletests(p, alpha=1 - CONFIDENCE, method="bonferroni")[1]
     out = []
     for t, pi, qi in zip(tests, p, p_adj):
-        lo, hi = t.conf_int(alpha=(1 - CONFIDENCE) / m)[0]
-        out.append(dict(estimate=float(np.squeeze(t.effect)), se=float(np.squeeze(t.sd)), df=float(df_resid),
-                        p=float(pi), p_adj=float(qi), m=m, ci_low=float(lo), ci_high=float(hi),
+        lo, hi = (settled(x) for x in t.conf_int(alpha=(1 - CONFIDENCE) / m)[0])
+        out.append(dict(estimate=settled(np.squeeze(t.effect)), se=float(np.squeeze(t.sd)), df=float(df_resid),
+                        p=float(pi), p_adj=float(qi), m=m, ci_low=lo, ci_high=hi,
                         resolved=bool(lo > 0 or hi < 0)))
     return out
 

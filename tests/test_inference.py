@@ -300,3 +300,14 @@ def test_a_bad_manifest_is_refused_in_one_line(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "error" in err[0]
+
+
+def test_a_difference_on_a_rounding_tie_prints_alike_whatever_the_last_bits_of_the_arithmetic():
+    from analysis.inference import settled
+
+    # 89.28 - 87.175 is 2.105 to the last decimal the runs carry; two CPUs' least squares land on either
+    # side of it by a few ulps, which an unrounded '.2f' prints as 2.10 on one and 2.11 on the other
+    below, above = 2.105 - 4e-15, 2.105 + 4e-15
+    assert f"{below:.2f}" != f"{above:.2f}"
+    assert f"{settled(below):.2f}" == f"{settled(above):.2f}"
+    assert settled(1.23456789012) == 1.23456789  # real differences keep nine decimals
