@@ -438,7 +438,7 @@ class Evidence:
             said = (f"trains {tables.fmt_int(r['params_trainable'])} of {tables.fmt_int(r['params_total'])} parameters"
                     if count == "trainable" else f"{tables.fmt_int(r['params_stored'])} stored parameters")
             frozen = _num(r.get("params_frozen"))
-            if frozen and frozen > 0:  # how much of the network the frozen generator is decides how harsh it is
+            if frozen > 0:  # (nan where unlogged) how much of the network the frozen generator is decides how harsh it is
                 said += (f"; its frozen generator, {tables.fmt_int(frozen)} parameters, is "
                          f"{100 * frozen / _num(r['params_total']):.1f}% of the network")
             return said

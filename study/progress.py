@@ -78,7 +78,6 @@ class Snapshot:
     workers: int
     at: float
     eta_seconds: float | None
-    untimed: int = 0                 # unfinished runs whose pace the ETA borrows from other kinds of run
 
     def count(self, state: str) -> int:
         return sum(r.state == state for r in self.runs)
@@ -102,8 +101,9 @@ class Snapshot:
 
     def eta(self) -> str:
         text = eta_text(self.eta_seconds)
-        if self.untimed and self.eta_seconds is not None:
-            text += f" (a guess: {self.untimed} run(s) of a kind not timed yet)"
+        guessed = len(untimed(self.runs))
+        if guessed and self.eta_seconds is not None:
+            text += f" (a guess: {guessed} run(s) of a kind not timed yet)"
         return text
 
 
@@ -172,8 +172,7 @@ class Watcher:
             rows.append(p)
         now = time.time()
         workers = self.workers or max(1, sum(r.state == RUNNING for r in rows))
-        return Snapshot(self.grid.name, rows, workers, now, estimate(rows, workers, now, since=self.since),
-                        len(untimed(rows)))
+        return Snapshot(self.grid.name, rows, workers, now, estimate(rows, workers, now, since=self.since))
 
 
 def untimed(rows: list[RunProgress]) -> list[RunProgress]:

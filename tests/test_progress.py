@@ -89,13 +89,13 @@ def test_the_headline_says_when_the_eta_guesses_the_pace_of_a_kind_of_run_not_ti
     rows = [timed, other_method, other_arch, same_kind]
     assert untimed(rows) == [other_method, other_arch]
     assert untimed(rows + [finished_prune]) == [other_method, other_arch]
-    snap = Snapshot("g", rows, 1, 1000.0, estimate(rows, 1, 1000.0), len(untimed(rows)))
+    snap = Snapshot("g", rows, 1, 1000.0, estimate(rows, 1, 1000.0))
     assert snap.headline().endswith("ETA 5m 50s (a guess: 2 run(s) of a kind not timed yet)")
     # once a prune epoch is timed, only the ResNet-32 run is guessed
     other_method.state, other_method.epoch_seconds, other_method.done_epochs = RUNNING, {1: 30.0}, [1]
     assert untimed(rows) == [other_arch]
     # nothing measured at all: no ETA, and no guess to flag
-    assert Snapshot("g", [same_kind], 1, 0.0, None, 1).headline().endswith("ETA unknown (no epoch measured yet)")
+    assert Snapshot("g", [same_kind], 1, 0.0, None).headline().endswith("ETA unknown (no epoch measured yet)")
 
 
 def test_a_study_resumed_on_another_machine_is_timed_by_the_machine_at_work_now():

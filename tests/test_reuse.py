@@ -252,7 +252,8 @@ def test_a_reuse_pair_over_two_seeds_is_one_configuration_beside_its_learned_twi
     frozen = 16 * 16 * 9 * 8  # the generator: slice 16 x 16, 3 x 3 kernels, code dimension 8
     assert trained == total - frozen  # all but the frozen generator
     assert (f"CSG S16 d8 reuse generator_from=resnet20-csg16x8 (resnet32; trains {trained:,} of {total:,} "
-            f"parameters; its frozen generator, {frozen:,} parameters, is {100 * frozen / total:.1f}% of the network)") in section
+            f"parameters; its frozen generator, {frozen:,} parameters, is {100 * frozen / total:.1f}% of the "
+            f"network)") in section
     assert "for S16 d8 (trains" in section and "reuse − learned = " in section and "(Bonferroni over 1;" in section
 
 
