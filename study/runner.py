@@ -393,8 +393,20 @@ def mark_killed(grid: Grid, tracking_uri: str) -> None:
             tracker.set_status(run.info.run_id, KILLED)
 
 
+def _last_logged(tracker: Tracker, run_id: str) -> str:
+    """How long ago the run's newest epoch reached the store, as a reader judges a heartbeat by."""
+    at = tracker.last_logged(run_id)
+    if at is None:
+        return "no epoch logged yet"
+    age = max(0, int(time.time() - at))
+    ago = f"{age} s" if age < 120 else f"{age // 60} min" if age < 7200 else f"{age / 3600:.1f} h"
+    return f"last epoch logged {ago} ago"
+
+
 def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
-    """done / partial (epoch k of n) / failed (reason) / pending, for each run of the grid."""
+    """done / partial (epoch k of n) / failed (reason) / pending, for each run of the grid.  A run the store
+    holds as RUNNING also says when its last epoch was logged: a worker that was killed outright (a session's
+    end, SIGKILL) leaves its run RUNNING, and only the age of that epoch tells it from one still training."""
     tracker = Tracker(tracking_uri)
     exp = tracker.existing_experiment(grid.name)
     by_hash = {}
@@ -422,6 +434,8 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
         else:
             steps = max(epoch, len(tracker.logged_steps(run.info.run_id)))
             state = f"{PARTIAL} (epoch {steps} of {cfg.epochs})" if steps else PENDING
+            if run.info.status == "RUNNING":  # training somewhere, or stopped without a word: the age tells
+                state += f"; RUNNING in the store, {_last_logged(tracker, run.info.run_id)}"
         why = interrupted_reason(ckpt_root / h) if state != "done" else None
         if why:
             state = f"interrupted at epoch {epoch} of {cfg.epochs} ({why}); resumes on the next run"

@@ -281,6 +281,11 @@ class Tracker:
     def logged_steps(self, run_id: str, key: str = "val_acc") -> set[int]:
         return {m.step for m in self.client._client.get_metric_history(run_id, key)}
 
+    @_retry(write=False)
+    def last_logged(self, run_id: str, key: str = "val_acc") -> float | None:
+        """When `key` was last logged (unix seconds), or None if never."""
+        return max((m.timestamp / 1000 for m in self.client._client.get_metric_history(run_id, key)), default=None)
+
     @_retry(write=True)
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
         self.client._client.log_artifacts(run_id, str(folder), artifact_path)

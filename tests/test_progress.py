@@ -149,6 +149,19 @@ def test_plain_lines_one_per_finished_epoch_and_a_rich_table(grid_and_store):
     assert "1 done" in rendered and "ETA" in rendered and "resnet20-plain-s1" in rendered and "53.25" in rendered
 
 
+def test_status_says_when_a_running_run_last_logged_an_epoch(grid_and_store, tmp_path):
+    """A run the store holds as RUNNING may be training or may have been killed outright: status gives the
+    age of its newest epoch, which tells the two apart (this one logged its second epoch seconds ago)."""
+    import re
+
+    _, uri, path = grid_and_store
+    shown = run_cli("status", path, "--tracking-uri", uri, "--output", tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    done, running, pending = shown.stdout.splitlines()
+    assert done.endswith(" done") and pending.endswith(" pending")
+    assert re.search(r"partial \(epoch 2 of 4\); RUNNING in the store, last epoch logged \d+ (s|min) ago$", running)
+
+
 def test_status_watch_follows_the_grid_until_every_run_has_ended(grid_and_store):
     from mlflow.tracking import MlflowClient
 
