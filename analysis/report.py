@@ -50,7 +50,11 @@ def _values(frame: pd.DataFrame, col: str) -> list:
     if col not in frame:
         return []
     vals = {json.dumps(python_value(v), default=str) for v in frame[col]}
-    return sorted((json.loads(v) for v in vals), key=lambda v: (v is None, str(type(v)), str(v)))
+
+    def order(v):  # numbers by value (2 before 10), then the rest by type and text, none last
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return v is None, not number, v if number else 0, str(type(v)), str(v)
+    return sorted((json.loads(v) for v in vals), key=order)
 
 
 def _fmt_values(vals: list) -> str:
