@@ -393,9 +393,8 @@ def mark_killed(grid: Grid, tracking_uri: str) -> None:
             tracker.set_status(run.info.run_id, KILLED)
 
 
-def _last_logged(tracker: Tracker, run_id: str) -> str:
+def _last_logged(at: float | None) -> str:
     """How long ago the run's newest epoch reached the store, as a reader judges a heartbeat by."""
-    at = tracker.last_logged(run_id)
     if at is None:
         return "no epoch logged yet"
     age = max(0, int(time.time() - at))
@@ -432,10 +431,11 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
         elif run.info.status == FAILED:
             state = f"failed ({run.data.tags.get('failure_reason', 'no reason recorded')})"
         else:
-            steps = max(epoch, len(tracker.logged_steps(run.info.run_id)))
+            logged = tracker.logged_at(run.info.run_id)  # one read gives the epochs and their times
+            steps = max(epoch, len(logged))
             state = f"{PARTIAL} (epoch {steps} of {cfg.epochs})" if steps else PENDING
             if run.info.status == "RUNNING":  # training somewhere, or stopped without a word: the age tells
-                state += f"; RUNNING in the store, {_last_logged(tracker, run.info.run_id)}"
+                state += f"; RUNNING in the store, {_last_logged(max(logged.values(), default=None))}"
         why = interrupted_reason(ckpt_root / h) if state != "done" else None
         if why:
             state = f"interrupted at epoch {epoch} of {cfg.epochs} ({why}); resumes on the next run"

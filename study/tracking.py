@@ -277,14 +277,16 @@ class Tracker:
         for i in range(0, max(len(m), len(p), len(t), 1), BATCH):
             self._log_batch(run_id, m[i:i + BATCH], p[i:i + BATCH], t[i:i + BATCH])
 
-    @_retry(write=False)
     def logged_steps(self, run_id: str, key: str = "val_acc") -> set[int]:
-        return {m.step for m in self.client._client.get_metric_history(run_id, key)}
+        return set(self.logged_at(run_id, key))
 
     @_retry(write=False)
-    def last_logged(self, run_id: str, key: str = "val_acc") -> float | None:
-        """When `key` was last logged (unix seconds), or None if never."""
-        return max((m.timestamp / 1000 for m in self.client._client.get_metric_history(run_id, key)), default=None)
+    def logged_at(self, run_id: str, key: str = "val_acc") -> dict[int, float]:
+        """Each step `key` was logged at, and when (unix seconds; the latest where a step was logged twice)."""
+        at: dict[int, float] = {}
+        for m in self.client._client.get_metric_history(run_id, key):
+            at[m.step] = max(at.get(m.step, 0.0), m.timestamp / 1000)
+        return at
 
     @_retry(write=True)
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
