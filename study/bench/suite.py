@@ -17,7 +17,10 @@ Five measurements, all in one process except the memory and worker probes:
    the same real CIFAR-10 images with the same plain model.  Only `--reference-epoch-images` images
    are timed; the epoch estimate is `startup + steady seconds per image x 45,000` (startup: until
    the first batch arrives).  A third loop, the harness's loader with an fp32 NCHW model, splits
-   the gain into data path and precision.  Evaluation is not part of either epoch.
+   the gain into data path and precision.  Where `--modes` has `compile`, one more loop times the
+   harness's epoch with the step's forward compiled, as `compile: true` trains
+   (`harness_speedup_over_reference_compiled`; compilation happens in the untimed warm-up, whose
+   seconds are reported).  Evaluation is not part of any of these epochs.
 3. **Peak resident memory** (VmHWM): this process's, and that of two fresh processes (started
    together) that load CIFAR-10 the way a run does and train a few steps of ResNet-56, plain and CSG.
 4. **Two workers or one** (`--workers-images`): two equal runs of `study.train.train` (the plain
@@ -32,7 +35,7 @@ Five measurements, all in one process except the memory and worker probes:
    in one category (convolution forward and backward, BatchNorm, ReLU, residual and other adds,
    the optimiser, the CSG product, data, evaluation), for plain and CSG 16/72.
 
-`--modes eager,compile` measures throughput both ways in one run (`torch.compile` of the forward,
+`--modes eager,compile` measures throughput and the epoch both ways in one run (`torch.compile` of the forward,
 plain and CSG alike; CSG layers trace their generator product into the graph when compiled).
 Every timed training step is `study.train.train_step`, the trainer's own, with the fast recipe's
 optimiser and loss.
@@ -208,7 +211,7 @@ def run(a) -> dict:
                 rows += throughput(arch, configs[arch], a, precision, mode)
 
     data = load_cifar10(data_root)
-    epoch = epoch_comparison(a, precision, data)
+    epoch = epoch_comparison(a, precision, data, compiled="compile" in modes)
     breakdown = profile_breakdown(a, precision, data) if a.profile_steps else None
     del data
 
@@ -247,6 +250,9 @@ def run(a) -> dict:
         **ratios,
         "harness_speedup_over_reference": round(epoch["reference"]["epoch_seconds"]
                                                 / epoch["harness"]["epoch_seconds"], 3),
+        **({"harness_speedup_over_reference_compiled": round(epoch["reference"]["epoch_seconds"]
+                                                             / epoch["harness_compiled"]["epoch_seconds"], 3)}
+           if "harness_compiled" in epoch else {}),
         **({"jobs2_over_sequential": workers.get("jobs2_over_sequential")} if workers else {}),
         "precision": precision, "cpu_model": machine["cpu_model"],
         "images_per_s": {f"{archs[0]} {m} {mode}": images_per_s(m, mode) for m in ("plain", "csg") for mode in modes},

@@ -66,7 +66,7 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str
 
     from study import accounting
     from study.methods import build
-    from study.train import autocast_for
+    from study.train import autocast_for, compiled_forward
 
     autocast = autocast_for(precision, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
@@ -79,7 +79,7 @@ def throughput(arch_name: str, configs: list[dict], a, precision: str, mode: str
         torch.manual_seed(0)
         model, _ = build(arch_name, method, args)
         model = model.to(memory_format=torch.channels_last)
-        forward = torch.compile(model) if compiled else model
+        forward = compiled_forward(model) if compiled else model
         step = trainer_step(model, cfg, autocast, forward=forward)
         entries.append({"model": model, "step": functools.partial(step, x, y),
                         "eval": _make_eval(forward, x, autocast), "train": [], "infer": [],
