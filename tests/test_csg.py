@@ -63,6 +63,15 @@ def _distinct_slices(c_out, c_in, s, k):
     return torch.arange(n, dtype=torch.float64)[:, None] * 1e6 + torch.arange(s * s * k * k, dtype=torch.float64)
 
 
+def _assembled_as_reference(c_out, c_in, s, k, layout, reference):
+    """Distinct slices assembled in `layout`: the kernel's shape, and equality with `reference`."""
+    flat = _distinct_slices(c_out, c_in, s, k)
+    got = assemble(flat, c_out, c_in, s, k, layout)
+    assert got.shape == (c_out, c_in, k, k)
+    assert torch.equal(got, reference(flat, c_out, c_in, s, k))
+    return flat, got
+
+
 SHAPES = [  # (c_out, c_in, slice, kernel)
     (16, 16, 16, 3), (32, 16, 16, 3), (64, 32, 16, 3),   # resnet shapes
     (37, 20, 16, 3), (37, 20, 16, 1), (7, 5, 4, 3), (7, 5, 4, 1), (5, 7, 4, 3), (3, 3, 4, 3),
@@ -71,10 +80,7 @@ SHAPES = [  # (c_out, c_in, slice, kernel)
 
 @pytest.mark.parametrize("c_out,c_in,s,k", SHAPES)
 def test_contiguous_layout_is_the_authors_reshape_and_crop(c_out, c_in, s, k):
-    flat = _distinct_slices(c_out, c_in, s, k)
-    got = assemble(flat, c_out, c_in, s, k, "contiguous")
-    assert got.shape == (c_out, c_in, k, k)
-    assert torch.equal(got, authors_contiguous(flat, c_out, c_in, s, k))
+    flat, got = _assembled_as_reference(c_out, c_in, s, k, "contiguous", authors_contiguous)
     # and element by element: (o, i, a, b) is entry ((o*Pin + i)*k + a)*k + b of the flat padded buffer
     p_in = math.ceil(c_in / s) * s
     buffer = flat.reshape(-1)
@@ -84,10 +90,7 @@ def test_contiguous_layout_is_the_authors_reshape_and_crop(c_out, c_in, s, k):
 
 @pytest.mark.parametrize("c_out,c_in,s,k", SHAPES)
 def test_block_layout_places_slice_ij_as_tile(c_out, c_in, s, k):
-    flat = _distinct_slices(c_out, c_in, s, k)
-    got = assemble(flat, c_out, c_in, s, k, "block")
-    assert got.shape == (c_out, c_in, k, k)
-    assert torch.equal(got, block_reference(flat, c_out, c_in, s, k))
+    flat, got = _assembled_as_reference(c_out, c_in, s, k, "block", block_reference)
     n_in = math.ceil(c_in / s)
     for i in range(math.ceil(c_out / s)):
         for j in range(n_in):
