@@ -272,32 +272,44 @@ def test_cifar_loader_batches_equal_torchvision_transforms(cifar):
 
 
 # -- the bench command ----------------------------------------------------------------------------------
-def test_bench_json_tiny(cli, data_root):
-    proc = cli("bench", "--archs", "resnet20", "--configs", "16/72", "--batch-size", "16", "--steps", "1",
-               "--repeats", "2", "--warmup", "1", "--reference-epoch-images", "48", "--memory-steps", "1",
-               "--workers-images", "64", "--modes", "eager", "--profile-steps", "2", "--data-root", data_root, "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout)
+def test_bench_json_tiny(data_root, monkeypatch, capsys):
+    # The bench's compiled paths run with torch's `eager` backend: they are what is under test here, and
+    # inductor would spend minutes compiling on these cores (tests/test_compile.py checks compiled steps)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: real_compile(model, **{**kwargs, "backend": "eager"}))
+    assert cli_main(["bench", "--archs", "resnet20", "--configs", "16/72", "--batch-size", "16", "--steps", "1",
+                     "--repeats", "2", "--warmup", "1", "--reference-epoch-images", "48", "--memory-steps", "1",
+                     "--workers-images", "64", "--modes", "eager,compile", "--profile-steps", "2",
+                     "--data-root", str(data_root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["precision"] in ("fp32", "bf16") and out["cpu_model"]
     assert out["targets"]["harness_speedup_over_reference"] == (4.0 if out["precision"] == "bf16" else 2.0)
-    assert set(out["images_per_s"]) == {"resnet20 plain eager", "resnet20 csg eager"}
+    assert set(out["images_per_s"]) == {f"resnet20 {m} {mode}" for m in ("plain", "csg") for mode in ("eager", "compile")}
     for label in ("plain", "csg 16/72"):  # every category's share of the profiled time, adding up to one
         share = out["time_breakdown"][label]["share"]
         assert {"conv forward", "conv backward", "batchnorm", "data", "evaluation", "optimizer"} <= set(share)
         assert sum(share.values()) == pytest.approx(1.0, abs=1e-3)
     assert "csg_product" in out["time_breakdown"]["csg 16/72"]["share"]
     assert "csg_product" not in out["time_breakdown"]["plain"]["share"]
-    for key in ("csg_over_plain_train", "csg_over_plain_eval", "harness_speedup_over_reference"):
+    for key in ("csg_over_plain_train", "csg_over_plain_eval", "harness_speedup_over_reference",
+                "csg_over_plain_train_compiled", "csg_over_plain_eval_compiled", "harness_speedup_over_reference_compiled"):
         assert isinstance(out[key], float) and out[key] > 0, key
-    rows = out["throughput"]
+    rows = [r for r in out["throughput"] if r["mode"] == "eager"]
     assert [r["config"] for r in rows] == ["plain", "csg 16/72"]
     for r in rows:
         assert r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0
     assert rows[1]["train_over_plain"] == out["csg_over_plain_train"]
     epoch = out["epoch"]
     assert epoch["scaled_to_images"] == 45_000 and epoch["images_timed"] == 48
-    for loop in ("harness", "reference"):
+    for loop in ("harness", "harness_compiled", "reference"):
         assert epoch[loop]["epoch_seconds"] > 0 and epoch[loop]["images"] == 48
+    # the compiled epoch is the harness's loop with the step's forward compiled, its compilation untimed
+    assert not epoch["harness"]["compiled"] and epoch["harness_compiled"]["compiled"]
+    assert epoch["harness_compiled"]["warmup_seconds"] > 0
+    assert out["harness_speedup_over_reference_compiled"] == pytest.approx(
+        epoch["reference"]["epoch_seconds"] / epoch["harness_compiled"]["epoch_seconds"], abs=1e-3)
+    assert epoch["compiled_over_eager"] == pytest.approx(
+        epoch["harness"]["epoch_seconds"] / epoch["harness_compiled"]["epoch_seconds"], abs=1e-3)
     hw = out["hardware"]
     assert hw["cpu_model"] and hw["logical_cores"] > 0 and hw["threads"] > 0 and hw["torch_version"]
     assert hw["precision"] in ("fp32", "bf16")
