@@ -196,6 +196,8 @@ def grid_section(runs: Runs, experiments: list[str]) -> str:
         if k == "name":  # one per run: the manifest lists them
             continue
         vals = _values(fin, k)
+        if k == "precision_used":  # logged when a run ends: a run still training has none yet
+            vals = [v for v in vals if v is not None]
         if not vals:
             continue
         (constant if len(vals) == 1 else varying).append((k, vals))

@@ -209,8 +209,9 @@ def make_store(root: str | Path, experiment: str = "quick", epochs: int = 6, wit
             if reason:
                 tags["failure_reason"] = reason
             hist = {k2: v[:2] for k2, v in curves(name, 85.0, epochs).items()}
-            _log(client, exp_id, name, _params("resnet20", method, args, target, seed, name, epochs), tags, hist,
-                 None, status, start + 1_000_000 * (k + 2 + i))
+            params = _params("resnet20", method, args, target, seed, name, epochs)
+            del params["precision_used"]  # the runner logs it when a run finishes
+            _log(client, exp_id, name, params, tags, hist, None, status, start + 1_000_000 * (k + 2 + i))
     return uri
 
 

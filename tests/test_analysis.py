@@ -177,6 +177,8 @@ def test_non_finished_runs_are_excluded_and_listed(report_dir, runs):
     for name in ("resnet20-hashed-t176698-s0", "resnet20-width-t176698-s0", "resnet20-none-s3"):
         assert name in section
     assert "RuntimeError: out of memory" in section and "superseded" in section
+    # the grid table lists the precision the runs that logged one used, not a 'none' for the others
+    assert "| precision_used | fp32 |" in text
     man = pd.read_csv(report_dir / "manifest.csv")
     assert len(man) == 24 and {"run_name", "config_hash", "status", "test_acc_at_best_val"} <= set(man.columns)
 
