@@ -1,4 +1,5 @@
-"""`python -m study ...`: params, evaluate-authors, run, status, bench, fetch, backfill-metadata, carry-out, carry-in.
+"""`python -m study ...`: params, evaluate-authors, run, status, retrain, bench, fetch, backfill-metadata, carry-out,
+carry-in.
 
 Every bad argument is caught before work starts and reported as one line on stderr, exit status 2.
 """
@@ -93,6 +94,14 @@ def build_parser() -> Parser:
         c.add_argument("--tracking-uri", help="the store that says which runs have FINISHED (default: "
                                               "$MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
         c.add_argument("--output", default=str(PROJECT / "outputs"), help="where the grid's checkpoints live")
+
+    t = sub.add_parser("retrain", help="set FINISHED runs of a grid aside (kept, tagged with the reason) so that "
+                                       "the next `run` trains them again from the start")
+    t.add_argument("grid")
+    t.add_argument("names", nargs="+", metavar="NAME", help="run names of the grid (as `status` lists them)")
+    t.add_argument("--reason", required=True, help="why, e.g. 'trained in fp32; the runs it is compared with in bf16'")
+    t.add_argument("--tracking-uri")
+    t.add_argument("--output", default=str(PROJECT / "outputs"), help="where the grid's checkpoints live")
 
     f = sub.add_parser("fetch", help="download and verify CIFAR-10 and the authors' checkpoints (what is missing)")
     f.add_argument("what", nargs="?", choices=("all", "cifar10", "authors"), default="all")
@@ -341,8 +350,7 @@ def cmd_carry(a) -> int:
     if a.command == "carry-in" and not folder.is_dir():
         raise UsageError(f"{folder}: no such study folder")
     tracker = Tracker(uri)
-    exp = tracker.existing_experiment(g.name)
-    finished = {r.data.tags.get("config_hash") for r in (tracker.runs(exp) if exp else [])
+    finished = {h for h, r in tracker.current_runs(tracker.existing_experiment(g.name)).items()
                 if r.info.status == runner.DONE}
     move = carry.export if a.command == "carry-out" else carry.import_
     done = move(g.runs, g.checkpoint_root(out), folder, finished)
@@ -352,6 +360,21 @@ def cmd_carry(a) -> int:
     where = folder / carry.IN_FLIGHT
     print(f"{a.command}: {copied} checkpoint(s) copied " + (f"into {where}" if a.command == "carry-out"
                                                            else f"from {where} into {g.checkpoint_root(out)}"))
+    return 0
+
+
+def cmd_retrain(a) -> int:
+    """retrain: see study/retrain.py."""
+    from study import retrain
+
+    g, uri, out = _load_grid(a)
+    try:
+        done = retrain.set_aside(g, Tracker(uri), out, a.names, a.reason)
+    except retrain.RetrainError as e:
+        raise UsageError(f"retrain: {e}") from None
+    for d in done:
+        print(d.line())
+    print(f"retrain: {len(done)} run(s) set aside; `python -m study run {a.grid}` trains them again")
     return 0
 
 
@@ -428,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_backfill_metadata(a)
         elif a.command in ("carry-out", "carry-in"):
             return cmd_carry(a)
+        elif a.command == "retrain":
+            return cmd_retrain(a)
         else:
             return cmd_status(a)
     except UsageError as e:

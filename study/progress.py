@@ -138,12 +138,7 @@ class Watcher:
         return out
 
     def poll(self) -> Snapshot:
-        exp = self.tracker.existing_experiment(self.grid.name)
-        by_hash = {}
-        for run in self.tracker.runs(exp) if exp else []:
-            h = run.data.tags.get("config_hash")
-            if h and (h not in by_hash or run.info.status == "FINISHED"):
-                by_hash[h] = run
+        by_hash = self.tracker.current_runs(self.tracker.existing_experiment(self.grid.name))
         rows = []
         for cfg in self.grid.runs:
             h = cfg.hash()

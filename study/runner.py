@@ -407,12 +407,7 @@ def status(grid: Grid, tracking_uri: str, output_root: Path) -> list[dict]:
     holds as RUNNING also says when its last epoch was logged: a worker that was killed outright (a session's
     end, SIGKILL) leaves its run RUNNING, and only the age of that epoch tells it from one still training."""
     tracker = Tracker(tracking_uri)
-    exp = tracker.existing_experiment(grid.name)
-    by_hash = {}
-    for run in tracker.runs(exp) if exp else []:
-        h = run.data.tags.get("config_hash")
-        if h and (h not in by_hash or run.info.status == DONE):
-            by_hash[h] = run
+    by_hash = tracker.current_runs(tracker.existing_experiment(grid.name))
     rows = []
     ckpt_root = grid.checkpoint_root(output_root)
     for cfg in grid.runs:

@@ -57,6 +57,9 @@ METHOD_LABEL_TAG = "method_label"  # the method as shown ("plain" for method "no
 VARIANT_TAG = "variant"            # the method's arguments as shown (`variant_label`)
 VARIANT_NAME_TAG = "variant_name"  # a baseline's procedure in its own words (`Method.variant`), or ""
 LABEL_TAGS = [CONFIG_KEYS_TAG, METHOD_LABEL_TAG, VARIANT_TAG, VARIANT_NAME_TAG]
+# on a FINISHED run that `study retrain` set aside, why: the grid then trains its configuration afresh
+# under the same name, and the new run supersedes this one once it has finished
+RETRAINED_TAG = "retrained"
 # every run's other tags (the analysis reads these; `failure_reason` only where a run failed or stopped)
 TAGS = ["config_hash", "git_commit", "device", "torch_version", "precision", "grid", "arch", "method",
         "failure_reason"]

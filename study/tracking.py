@@ -197,6 +197,19 @@ class _RetryingClient:
         object.__setattr__(self, name, value)
 
 
+def current(runs) -> dict:
+    """Each configuration's current run among `runs`, by config hash: of the runs that `study retrain`
+    did not set aside, a FINISHED one if there is one (the newest), else the newest."""
+    out = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
+        h = run.data.tags.get("config_hash")
+        if not h or schema.RETRAINED_TAG in run.data.tags:
+            continue
+        if h not in out or (run.info.status == "FINISHED" and out[h].info.status != "FINISHED"):
+            out[h] = run
+    return out
+
+
 class Tracker:
     def __init__(self, uri: str | None = None, retry_seconds: float | None = None):
         self.uri = uri or default_tracking_uri()
@@ -237,10 +250,14 @@ class Tracker:
 
     @_retry(write=False)
     def find(self, experiment_id: str, config_hash: str):
+        """The configuration's current run (`current`), or None."""
         runs = self.client._client.search_runs([experiment_id], f"tags.config_hash = '{config_hash}'",
-                                               order_by=["attributes.start_time DESC"], max_results=10)
-        # prefer a finished run if a hash somehow has several
-        return next((r for r in runs if r.info.status == "FINISHED"), runs[0] if runs else None)
+                                               max_results=50)
+        return current(runs).get(config_hash)
+
+    def current_runs(self, experiment_id: str | None) -> dict:
+        """Each configuration's current run in the experiment (`current`), by config hash."""
+        return current(self.runs(experiment_id)) if experiment_id else {}
 
     @_retry(write=False)
     def runs(self, experiment_id: str):

@@ -1,0 +1,79 @@
+"""`python -m study retrain` (study/retrain.py): a FINISHED run set aside is trained again, and nothing is lost.
+
+  * the old run stays in the store, tagged with the reason, and its checkpoints move out of the run's
+    folder; `status` then shows the configuration as pending, and the next `run` trains it from its
+    first epoch as a new MLflow run of the same name, while the grid's other runs are left alone;
+  * the analysis counts the new run once it has finished and lists the old one as superseded;
+  * bad names, runs that have not finished and an empty reason are refused before anything changes.
+"""
+from __future__ import annotations
+
+import pytest
+
+from analysis.load import load
+from grid_subprocess import run_grid, runs, study, uri, write_grid
+from study import grid as grids
+from study import schema
+from study.cli import main
+
+BLOCKS = [{"method": "none"}, {"method": "csg", "method_args": {"slice": 16, "code_dim": 8}}]
+
+
+def _retrain(grid, store, *names, reason="trained in fp32; the others in bf16"):
+    return study("retrain", str(grid), *names, "--reason", reason, "--tracking-uri", uri(store),
+                 "--output", str(store / "out"))
+
+
+@pytest.mark.slow
+def test_a_run_set_aside_trains_again_from_its_first_epoch_and_supersedes_the_old_one(tmp_path):
+    grid = write_grid(tmp_path, "again", BLOCKS, epochs=2)
+    store = tmp_path / "store"
+    assert run_grid(grid, store).returncode == 0
+    client, first = runs(uri(store), "again")
+    old = {r.info.run_name: r for r in first}
+    csg_name = next(n for n in old if "csg" in n)
+    csg_hash = old[csg_name].data.tags["config_hash"]
+    checkpoints = grids.load(grid).checkpoint_root(store / "out")
+    folder = checkpoints / csg_hash
+    assert folder.is_dir()
+
+    proc = _retrain(grid, store, csg_name)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 run(s) set aside" in proc.stdout
+    assert not folder.exists()                                         # nothing resumes from the old run
+    kept = checkpoints / "retrained" / f"{csg_hash}-{old[csg_name].info.run_id}"
+    assert kept.is_dir()                                               # with whatever it held
+    tagged = client.get_run(old[csg_name].info.run_id)
+    assert tagged.info.status == "FINISHED"
+    assert tagged.data.tags[schema.RETRAINED_TAG] == "trained in fp32; the others in bf16"
+    status = study("status", str(grid), "--tracking-uri", uri(store), "--output", str(store / "out")).stdout
+    states = dict(line.split(maxsplit=1) for line in status.splitlines())
+    assert states[csg_name] == "pending" and states[next(n for n in old if n != csg_name)] == "done"
+
+    assert run_grid(grid, store).returncode == 0
+    _, now = runs(uri(store), "again")
+    assert len(now) == 3                                               # the plain run was not trained again
+    new = [r for r in now if r.info.run_name == csg_name and r.info.run_id != old[csg_name].info.run_id]
+    assert len(new) == 1 and new[0].info.status == "FINISHED"
+    assert schema.RETRAINED_TAG not in new[0].data.tags
+    assert [m.step for m in client.get_metric_history(new[0].info.run_id, "train_loss")] == [1, 2]
+    assert client.get_run(old[csg_name].info.run_id).info.status == "FINISHED"   # kept as it was
+
+    loaded = load(uri(store), "again", history=False)
+    csg = loaded.runs[loaded.runs["run_name"] == csg_name].set_index("run_id")["superseded"]
+    assert csg.to_dict() == {old[csg_name].info.run_id: True, new[0].info.run_id: False}
+    assert set(loaded.finished["run_id"]) == {new[0].info.run_id, old[next(n for n in old if n != csg_name)].info.run_id}
+
+
+def test_bad_retrains_are_refused_before_anything_changes(tmp_path, capsys):
+    grid = write_grid(tmp_path, "refused", BLOCKS, epochs=1)
+    store = tmp_path / "store"
+    pending = grids.load(grid).runs[0].name
+    for names, reason, says in ((["no-such-run"], "why", "not runs of grid refused: no-such-run"),
+                                ([pending], "why", "only a FINISHED run can be retrained (no run yet)"),
+                                ([pending], "  ", "--reason")):
+        code = main(["retrain", str(grid), *names, "--reason", reason, "--tracking-uri", uri(store),
+                     "--output", str(store / "out")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and says in err, (names, err)
+    assert not grids.load(grid).checkpoint_root(store / "out").exists()
