@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from analysis.load import load
-from grid_subprocess import run_grid, runs, study, uri, write_grid
+from grid_subprocess import run_grid, runs, uri, write_grid
 from study import grid as grids
 from study import schema
 from study.cli import main
@@ -19,36 +19,38 @@ from study.cli import main
 BLOCKS = [{"method": "none"}, {"method": "csg", "method_args": {"slice": 16, "code_dim": 8}}]
 
 
-def _retrain(grid, store, *names, reason="trained in fp32; the others in bf16"):
-    return study("retrain", str(grid), *names, "--reason", reason, "--tracking-uri", uri(store),
-                 "--output", str(store / "out"))
+def _study(capsys, command, grid, store, *args):
+    """`python -m study COMMAND GRID ARGS` in this process, on the test's store: (exit status, stdout, stderr)."""
+    code = main([command, str(grid), *args, "--tracking-uri", uri(store), "--output", str(store / "out")])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.mark.slow
-def test_a_run_set_aside_trains_again_from_its_first_epoch_and_supersedes_the_old_one(tmp_path):
-    grid = write_grid(tmp_path, "again", BLOCKS, epochs=2)
+def test_a_run_set_aside_trains_again_from_its_first_epoch_and_supersedes_the_old_one(tmp_path, capsys):
+    grid = write_grid(tmp_path, "again", BLOCKS, epochs=2, train_subset=128, val_size=64, test_subset=64)
     store = tmp_path / "store"
     assert run_grid(grid, store).returncode == 0
     client, first = runs(uri(store), "again")
     old = {r.info.run_name: r for r in first}
     csg_name = next(n for n in old if "csg" in n)
+    plain_name = next(n for n in old if n != csg_name)
     csg_hash = old[csg_name].data.tags["config_hash"]
     checkpoints = grids.load(grid).checkpoint_root(store / "out")
     folder = checkpoints / csg_hash
     assert folder.is_dir()
 
-    proc = _retrain(grid, store, csg_name)
-    assert proc.returncode == 0, proc.stderr
-    assert "1 run(s) set aside" in proc.stdout
+    code, out, _ = _study(capsys, "retrain", grid, store, csg_name, "--reason", "trained in fp32; the others in bf16")
+    assert code == 0 and "1 run(s) set aside" in out
     assert not folder.exists()                                         # nothing resumes from the old run
     kept = checkpoints / "retrained" / f"{csg_hash}-{old[csg_name].info.run_id}"
     assert kept.is_dir()                                               # with whatever it held
     tagged = client.get_run(old[csg_name].info.run_id)
     assert tagged.info.status == "FINISHED"
     assert tagged.data.tags[schema.RETRAINED_TAG] == "trained in fp32; the others in bf16"
-    status = study("status", str(grid), "--tracking-uri", uri(store), "--output", str(store / "out")).stdout
+    _, status, _ = _study(capsys, "status", grid, store)
     states = dict(line.split(maxsplit=1) for line in status.splitlines())
-    assert states[csg_name] == "pending" and states[next(n for n in old if n != csg_name)] == "done"
+    assert states[csg_name] == "pending" and states[plain_name] == "done"
 
     assert run_grid(grid, store).returncode == 0
     _, now = runs(uri(store), "again")
@@ -62,7 +64,7 @@ def test_a_run_set_aside_trains_again_from_its_first_epoch_and_supersedes_the_ol
     loaded = load(uri(store), "again", history=False)
     csg = loaded.runs[loaded.runs["run_name"] == csg_name].set_index("run_id")["superseded"]
     assert csg.to_dict() == {old[csg_name].info.run_id: True, new[0].info.run_id: False}
-    assert set(loaded.finished["run_id"]) == {new[0].info.run_id, old[next(n for n in old if n != csg_name)].info.run_id}
+    assert set(loaded.finished["run_id"]) == {new[0].info.run_id, old[plain_name].info.run_id}
 
 
 def test_bad_retrains_are_refused_before_anything_changes(tmp_path, capsys):
@@ -72,8 +74,7 @@ def test_bad_retrains_are_refused_before_anything_changes(tmp_path, capsys):
     for names, reason, says in ((["no-such-run"], "why", "not runs of grid refused: no-such-run"),
                                 ([pending], "why", "only a FINISHED run can be retrained (no run yet)"),
                                 ([pending], "  ", "--reason")):
-        code = main(["retrain", str(grid), *names, "--reason", reason, "--tracking-uri", uri(store),
-                     "--output", str(store / "out")])
-        err = capsys.readouterr().err.strip()
+        code, _, err = _study(capsys, "retrain", grid, store, *names, "--reason", reason)
+        err = err.strip()
         assert code == 2 and "\n" not in err and says in err, (names, err)
     assert not grids.load(grid).checkpoint_root(store / "out").exists()
